@@ -1,0 +1,1 @@
+"""Models: cards, runners and the catalog that finds them."""

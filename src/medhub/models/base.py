@@ -1,0 +1,38 @@
+"""What a model is to the pipeline: a runner with ``load`` once and ``predict`` per series.
+
+A built-in model is a folder ``medhub/models/<package_name>/`` holding ``card.yaml``,
+``runner.py`` (a class named ``Runner`` implementing :class:`ModelRunner`) and
+``workflows/<name>.yml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from medhub.volume import Volume
+
+
+@dataclass
+class Prediction:
+    """A model's output for one volume.
+
+    ``labels`` is an integer label map with exactly the shape of ``Volume.array`` (0 =
+    background); ``segments`` maps each label value to a segment database ID.
+    """
+
+    labels: np.ndarray
+    segments: dict[int, str]
+    values: dict[str, Any] = field(default_factory=dict)  # scalar results (e.g. volumes in ml)
+
+
+class ModelRunner(Protocol):
+    """The two calls a runner implements. ``params`` come from the workflow's ``predict`` module."""
+
+    def load(self, device: str, params: dict[str, Any]) -> None:
+        """Load weights once per process; called before the first ``predict``."""
+
+    def predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
+        """Run on one volume; must not modify ``volume``."""
