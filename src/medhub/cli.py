@@ -1,0 +1,241 @@
+"""The ``medhub`` command line: run, doctor, models, info.
+
+Bad input ends with one line on stderr and exit code 2, never a traceback (``--debug`` shows
+it). Exit codes of ``run``: 0 every chosen series succeeded, 1 some failed (the others are
+written), 2 nothing could be done.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from medhub.errors import MedhubError
+
+app = typer.Typer(
+    help="Run published medical imaging models on raw DICOM; write valid DICOM SEG / RTSTRUCT.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_DONE = 0, 1, 2
+
+
+def user_errors(function: F) -> F:
+    """Turn MedhubError into one line + exit 2, and unexpected errors into one line + exit 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(kwargs.get("debug"))
+        try:
+            return function(*args, **kwargs)
+        except MedhubError as exc:
+            if debug:
+                raise
+            errors.print(f"medhub: {exc}", markup=False, highlight=False)
+            raise typer.Exit(EXIT_NOTHING_DONE) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            errors.print(f"medhub: internal error: {message} (run with --debug for the traceback)",
+                         markup=False, highlight=False)
+            raise typer.Exit(EXIT_SOME_FAILED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.command()
+@user_errors
+def run(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. deepbet or ct-body (see `medhub models`).")],
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="DICOM folder/file or NIfTI file.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("medhub-out"),
+    workflow: Annotated[str | None, typer.Option("--workflow", "-w", help="Workflow name of the model.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A workflow YAML file to use instead.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override module.param=value (repeatable).")] = None,
+    rtstruct: Annotated[bool, typer.Option("--rtstruct", help="Also write an RTSTRUCT per series.")] = False,
+    nifti: Annotated[bool, typer.Option("--nifti", help="Also write the label map as NIfTI.")] = False,
+    labelmap: Annotated[bool, typer.Option("--labelmap", help="Write a LABELMAP SEG instead of BINARY.")] = False,
+    template: Annotated[str | None, typer.Option("--template", help="Output path template.")] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="Run on sample data shipped with a dependency.")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+    json_progress: Annotated[bool, typer.Option("--json-progress", help="Stream one JSON event per line.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Run MODEL on every suitable series under --input and write results to --output."""
+    from medhub.models.catalog import get_model
+    from medhub.output import DEFAULT_TEMPLATE
+    from medhub.pipeline import RunOptions
+    from medhub.pipeline import run as run_pipeline
+    from medhub.progress import JsonLinesProgress, RichProgress
+    from medhub.report import Status
+    from medhub.workflow import apply_overrides, load_workflow_file
+
+    entry = get_model(model)
+    if config is not None:
+        chosen = load_workflow_file(config)
+    else:
+        name = workflow or "default"
+        if name not in entry.workflows:
+            available = ", ".join(sorted(entry.workflows))
+            raise MedhubError(f"model {model} has no workflow {name!r}; available: {available}")
+        chosen = load_workflow_file(entry.workflows[name])
+    extra = list(set_ or [])
+    chosen = apply_overrides(chosen, extra)
+    for flag, step in ((rtstruct, "write_rtstruct"), (nifti, "write_nifti")):
+        if flag and step not in chosen.execute:
+            chosen.execute.append(step)
+    if labelmap:
+        chosen.modules.setdefault("write_seg", {})["labelmap"] = True
+
+    if sample:
+        from medhub.sample import write_sample
+
+        if input is not None:
+            raise MedhubError("give either --input or --sample, not both")
+        input = write_sample(Path(tempfile.mkdtemp(prefix="medhub-sample-")), entry.card.id)
+    if input is None:
+        raise MedhubError("missing --input (a DICOM folder or a NIfTI file), or use --sample")
+
+    progress = JsonLinesProgress() if json_progress else RichProgress()
+    options = RunOptions(input_path=input, output_dir=output, workflow=chosen, device=device,
+                         template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug)
+    try:
+        report = run_pipeline(entry, options)
+    finally:
+        progress.close()
+    summary = report.summary()
+    if not json_progress:
+        print_run_summary(report)
+    if summary[Status.FAILED.value]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def print_run_summary(report: Any) -> None:
+    """A table of every series: status, reason, outputs."""
+    table = Table(title=f"medhub {report.model} {report.model_version} ({report.workflow})")
+    for column in ("series", "modality", "images", "status", "reason / outputs"):
+        table.add_column(column)
+    for entry in report.series:
+        detail = entry.reason or ", ".join(entry.outputs)
+        if entry.notes:
+            detail += " (" + "; ".join(n for n in entry.notes if "\n" not in n) + ")"
+        table.add_row(entry.key[-40:], entry.modality, str(entry.images), entry.status.value, detail)
+    console.print(table)
+    summary = report.summary()
+    console.print(
+        f"{summary['succeeded']} succeeded, {summary['failed']} failed, {summary['skipped']} skipped, "
+        f"{summary['rejected']} not suitable; {len(report.unreadable)} unreadable files, "
+        f"{report.non_dicom_files} non-DICOM files. Report: {Path(report.output) / 'medhub-report.json'}"
+    )
+
+
+@app.command()
+@user_errors
+def doctor(
+    path: Annotated[Path, typer.Argument(help="A DICOM folder or file.")],
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """List the series under PATH and what the checks find, without running a model."""
+    from medhub.doctor import diagnose
+
+    diagnosis = diagnose(path)
+    if json_output:
+        console.print_json(json.dumps(diagnosis, default=str))
+        return
+    table = Table(title=f"{path}: {len(diagnosis['series'])} series")
+    for column in ("series", "modality", "description", "images", "status", "findings"):
+        table.add_column(column)
+    for item in diagnosis["series"]:
+        findings = item["skip_reason"] or ""
+        if item["findings"]:
+            findings = "; ".join(filter(None, [findings, *item["findings"]]))
+        table.add_row(item["key"][-40:], item["modality"], item["description"], str(item["images"]),
+                      "loadable" if not item["skip_reason"] else "skip", findings)
+    console.print(table)
+    for bad in diagnosis["unreadable"]:
+        console.print(f"unreadable: {bad['path']}: {bad['reason']}", markup=False, highlight=False)
+    console.print(f"{diagnosis['files_seen']} files, {diagnosis['non_dicom_files']} not DICOM, "
+                  f"{diagnosis['dicomdir_files']} DICOMDIR ignored")
+
+
+@app.command()
+@user_errors
+def models(
+    modality: Annotated[str | None, typer.Option("--modality", help="Only models for this modality.")] = None,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """List the models in the catalog."""
+    from medhub.models.catalog import list_models
+
+    cards = [c for c in list_models()
+             if modality is None or modality.upper() in [m.upper() for m in c.modality]]
+    if json_output:
+        console.print_json(json.dumps([c.model_dump(mode="json") for c in cards]))
+        return
+    table = Table(title="medhub models")
+    for column in ("model", "version", "modality", "body part", "task", "title"):
+        table.add_column(column)
+    for card in cards:
+        table.add_row(card.id, str(card.version), ", ".join(card.modality), card.body_part, card.task, card.title)
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def info(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show a model's card: inputs, outputs with segment codes, citation, licences, run command."""
+    from medhub.models.catalog import get_model
+    from medhub.segdb import get_segment
+
+    entry = get_model(model)
+    card = entry.card
+    if json_output:
+        console.print_json(json.dumps(card.model_dump(mode="json")))
+        return
+    console.print(f"[bold]{card.id}[/bold] {card.version}: {card.title}")
+    console.print(card.description, markup=False)
+    for spec in card.inputs:
+        console.print(f"input: {spec.query}", markup=False)
+    for value, segment_id in sorted(card.outputs.segments.items()):
+        segment = get_segment(segment_id)
+        console.print(f"label {value}: {segment.name} (SCT {segment.type.value} {segment.type.meaning})",
+                      markup=False)
+    console.print(f"workflows: {', '.join(sorted(entry.workflows))}")
+    console.print(f"citation: {card.citation}", markup=False)
+    console.print(f"run: medhub run {card.id} --input DICOM_FOLDER --output OUT", markup=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="medhub")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

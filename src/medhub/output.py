@@ -1,0 +1,65 @@
+"""Organize: where each result goes, and writing it so no half-written file is ever seen.
+
+Every output is written under a hidden temporary name in its final folder and renamed into
+place only when complete (``os.replace`` is atomic on one filesystem), so a crash or kill
+leaves either the old file, the new file, or nothing, never a truncated DICOM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from medhub.errors import MedhubError
+
+DEFAULT_TEMPLATE = "{series_uid}/{model}"
+"""Output path template without extension; ``.seg.dcm`` / ``.rtstruct.dcm`` / ``.nii.gz`` are appended."""
+
+TEMPLATE_FIELDS = ("series_uid", "study_uid", "model", "patient_id", "modality", "series_number", "series_description")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_component(value: object) -> str:
+    """A value made safe as one path component (no separators, no leading dots)."""
+    text = _UNSAFE.sub("_", str(value)).strip("._") or "unknown"
+    return text[:120]
+
+
+def render_template(template: str, fields: dict[str, object]) -> Path:
+    """Fill the output template; every field value is sanitized, so it cannot escape ``OUT``."""
+    try:
+        rendered = template.format(**{k: safe_component(v) for k, v in fields.items()})
+    except KeyError as exc:
+        raise MedhubError(
+            f"output template {template!r} uses unknown field {exc.args[0]!r}; "
+            f"known fields: {', '.join(TEMPLATE_FIELDS)}"
+        ) from None
+    path = Path(rendered)
+    if path.is_absolute() or ".." in path.parts:
+        raise MedhubError(f"output template {template!r} must give a relative path inside the output folder")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(final: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.with_name(f".{final.name}.{os.getpid()}.partial")
+    try:
+        yield temporary
+        os.replace(temporary, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+def check_output_location(input_path: Path, output_dir: Path) -> None:
+    """Refuse an output folder inside the input tree: the input tree is never modified."""
+    source = input_path.resolve()
+    target = output_dir.resolve()
+    if source.is_dir() and (target == source or source in target.parents):
+        raise MedhubError(f"output folder {output_dir} is inside the input folder {input_path}; choose another")

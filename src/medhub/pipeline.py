@@ -1,0 +1,311 @@
+"""The core path: scan → select → check/load → predict → write → organize, for one model.
+
+Each step lives in its own module; this one only sequences them, keeps one loaded model per
+process, and makes sure that one bad series never stops the others: every series ends in the
+report with a status and, unless it succeeded, a reason.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import medhub
+from medhub.errors import MedhubError, SeriesSkipped
+from medhub.models.base import ModelRunner, Prediction
+from medhub.output import DEFAULT_TEMPLATE, atomic_output, check_output_location, render_template
+from medhub.progress import ProgressSink, SilentProgress
+from medhub.report import RunReport, SeriesEntry, Status
+from medhub.series import Series
+from medhub.volume import Volume
+from medhub.workflow import Workflow
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+_RUNNERS: dict[tuple[str, str], ModelRunner] = {}
+
+
+def is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def loaded_runner(model: Any, device: str, params: dict[str, Any]) -> ModelRunner:
+    """The model's runner, loaded once per process and device, then reused across series and runs."""
+    key = (model.card.id, device)
+    if key not in _RUNNERS:
+        runner = model.runner_class()
+        runner.load(device, params)
+        _RUNNERS[key] = runner
+    return _RUNNERS[key]
+
+
+@dataclass
+class RunOptions:
+    """Everything a run needs besides the model; the CLI and the service build one of these."""
+
+    input_path: Path
+    output_dir: Path
+    workflow: Workflow
+    device: str = "cpu"
+    template: str = DEFAULT_TEMPLATE
+    progress: ProgressSink = field(default_factory=SilentProgress)
+    debug: bool = False
+
+
+@dataclass
+class _SeriesContext:
+    entry: SeriesEntry
+    fields: dict[str, object]
+
+
+class Pipeline:
+    """Runs one model over one input (a DICOM tree or a NIfTI file) and writes the report."""
+
+    def __init__(self, model: Any, options: RunOptions) -> None:
+        self.model = model
+        self.options = options
+        self.workflow = options.workflow
+        self.report = RunReport(
+            medhub_version=medhub.__version__,
+            model=model.card.id,
+            model_version=str(model.card.version),
+            workflow=self.workflow.general.name,
+            input=str(options.input_path),
+            output=str(options.output_dir),
+        )
+
+    # -- entry point ---------------------------------------------------------------------------
+    def run(self) -> RunReport:
+        """Run everything; raise MedhubError only when nothing at all can be done (exit code 2)."""
+        source = self.options.input_path
+        if not source.exists():
+            raise MedhubError(f"input not found: {source}")
+        check_output_location(source, self.options.output_dir)
+        self.options.output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if is_nifti(source):
+                self._run_nifti(source)
+            else:
+                self._run_dicom(source)
+        finally:
+            self.report.finished = time.time()
+            self.report.write(self.options.output_dir)
+            self.options.progress.event("run_done", summary=self.report.summary())
+        return self.report
+
+    # -- DICOM ---------------------------------------------------------------------------------
+    def _run_dicom(self, root: Path) -> None:
+        from medhub.scan import scan
+        from medhub.select import SelectionRules, select
+
+        progress = self.options.progress
+        started = time.perf_counter()
+        result = scan(root, progress=lambda n: progress.event("scan_file", files=n))
+        self.report.timings["scan"] = round(time.perf_counter() - started, 4)
+        self.report.files_seen = result.files_seen
+        self.report.non_dicom_files = result.non_dicom_files
+        self.report.dicomdir_files = result.dicomdir_files
+        self.report.unreadable = [{"path": str(u.path), "reason": u.reason} for u in result.unreadable]
+        progress.event("scan_done", files=result.files_seen, series=len(result.series),
+                       unreadable=len(result.unreadable))
+        if not result.series:
+            raise MedhubError(
+                f"no DICOM series found in {root} ({result.files_seen} files, "
+                f"{len(result.unreadable)} unreadable, {result.non_dicom_files} not DICOM)"
+            )
+
+        rules = SelectionRules.from_dict(self._selection_params())
+        selection = select(result.series, rules)
+        for series, reason in selection.rejected:
+            self.report.series.append(self._entry(series, Status.REJECTED, reason))
+        progress.event("selected", chosen=len(selection.chosen), rejected=len(selection.rejected))
+        if not selection.chosen:
+            reasons = sorted({reason for _, reason in selection.rejected})
+            raise MedhubError(
+                f"no series in {root} matches model {self.model.card.id}: " + "; ".join(reasons[:3])
+            )
+        for series in selection.chosen:
+            self._run_series(series)
+        if self.report.count(Status.SUCCEEDED) == 0 and self.report.count(Status.FAILED) == 0:
+            skipped = [e.reason for e in self.report.series if e.status == Status.SKIPPED]
+            raise MedhubError(f"no suitable series could be processed: {'; '.join(skipped[:3])}")
+
+    def _selection_params(self) -> dict[str, Any]:
+        params = self.workflow.params("select")
+        if "input" not in params and self.model.card.inputs:
+            params["input"] = self.model.card.inputs[0].query
+        return params
+
+    def _run_series(self, series: Series) -> None:
+        from medhub.load import load_series
+
+        entry = self._entry(series, Status.FAILED, "")
+        self.report.series.append(entry)
+        steps = [s for s in self.workflow.execute if s != "select"]
+        self.options.progress.event("series_start", key=series.key, steps=steps)
+        try:
+            with self._step(entry, "load"):
+                volume = load_series(series)
+            entry.findings.extend(volume.findings)
+            prediction = self._predict(entry, volume)
+            fields = self._template_fields(series)
+            self._write_outputs(entry, volume, prediction, fields)
+            entry.status = Status.SUCCEEDED
+        except SeriesSkipped as exc:
+            entry.status, entry.reason = Status.SKIPPED, exc.reason
+        except MedhubError as exc:
+            entry.status, entry.reason = Status.FAILED, str(exc)
+        except Exception as exc:  # a bug or an unexpected input: record it, go on with the others
+            entry.status = Status.FAILED
+            entry.reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            if self.options.debug:
+                entry.notes.append(traceback.format_exc())
+        self.options.progress.event("series_done", key=series.key, status=entry.status.value, reason=entry.reason)
+
+    # -- NIfTI ---------------------------------------------------------------------------------
+    def _run_nifti(self, path: Path) -> None:
+        from medhub.nifti_input import load_nifti
+
+        name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
+        entry = SeriesEntry(key=name, series_instance_uid="", study_instance_uid="", modality="",
+                            description=str(path), images=0, status=Status.FAILED, input_files=1)
+        self.report.series.append(entry)
+        self.options.progress.event("selected", chosen=1, rejected=0)
+        self.options.progress.event("series_start", key=name, steps=["load", "predict", "write_nifti"])
+        try:
+            with self._step(entry, "load"):
+                volume = load_nifti(path)
+            entry.images = int(volume.array.shape[2])
+            prediction = self._predict(entry, volume)
+            target = self.options.output_dir / render_template(
+                self.options.template, self._fields(name, "", name, "", "", "", "")
+            )
+            self._write_nifti(entry, prediction, volume, target)
+            entry.status = Status.SUCCEEDED
+        except MedhubError as exc:
+            entry.status, entry.reason = Status.FAILED, str(exc)
+        self.options.progress.event("series_done", key=name, status=entry.status.value, reason=entry.reason)
+        if entry.status != Status.SUCCEEDED:
+            raise MedhubError(f"{path}: {entry.reason}")
+
+    # -- shared steps --------------------------------------------------------------------------
+    def _predict(self, entry: SeriesEntry, volume: Volume) -> Prediction:
+        params = self.workflow.params("predict")
+        with self._step(entry, "model_load"):
+            runner = loaded_runner(self.model, self.options.device, params)
+        with self._step(entry, "predict"):
+            prediction = runner.predict(volume, params)
+        if prediction.labels.shape != volume.array.shape:
+            raise MedhubError(
+                f"model {self.model.card.id} returned labels of shape {prediction.labels.shape} "
+                f"for a volume of shape {volume.array.shape}"
+            )
+        entry.values.update(prediction.values)
+        return prediction
+
+    def _write_outputs(self, entry: SeriesEntry, volume: Volume, prediction: Prediction,
+                       fields: dict[str, object]) -> None:
+        from medhub.geometry import labels_to_source
+        from medhub.provenance import AlgorithmInfo
+        from medhub.segdb import get_segment
+
+        base = self.options.output_dir / render_template(self.options.template, fields)
+        source = volume.source
+        wants_dicom = self.workflow.runs("write_seg") or self.workflow.runs("write_rtstruct")
+        if wants_dicom and source is not None and not source.referenceable:
+            entry.notes.append(source.unreferenceable_reason)
+            self._write_nifti(entry, prediction, volume, base)
+            return
+        segments = {value: get_segment(seg_id) for value, seg_id in prediction.segments.items()}
+        present = set(np.unique(prediction.labels).tolist()) - {0}
+        missing = sorted(prediction.segments[v] for v in prediction.segments if v not in present)
+        if missing:
+            entry.notes.append(f"empty segments (no voxels): {', '.join(missing)}")
+        if wants_dicom and source is not None:
+            labels = labels_to_source(volume, prediction.labels)
+            if self.workflow.runs("write_seg") and present:
+                params = self.workflow.params("write_seg")
+                from medhub.writers.seg import write_seg
+
+                final = base.with_name(base.name + ".seg.dcm")
+                with self._step(entry, "write_seg"), atomic_output(final) as temporary:
+                    write_seg(labels, source, segments,
+                              AlgorithmInfo(name=self.model.card.id, version=str(self.model.card.version)),
+                              temporary, labelmap=bool(params.get("labelmap", False)))
+                entry.outputs.append(str(final.relative_to(self.options.output_dir)))
+            if self.workflow.runs("write_rtstruct") and present:
+                from medhub.writers.rtstruct import write_rtstruct
+
+                final = base.with_name(base.name + ".rtstruct.dcm")
+                with self._step(entry, "write_rtstruct"), atomic_output(final) as temporary:
+                    write_rtstruct(labels, source, segments, model_name=self.model.card.id,
+                                   model_version=str(self.model.card.version), path=temporary)
+                entry.outputs.append(str(final.relative_to(self.options.output_dir)))
+            if not present:
+                entry.notes.append("the model found none of its segments: no SEG/RTSTRUCT written")
+        if self.workflow.runs("write_nifti") or source is None:
+            self._write_nifti(entry, prediction, volume, base)
+
+    def _write_nifti(self, entry: SeriesEntry, prediction: Prediction, volume: Volume, base: Path) -> None:
+        from medhub.writers.nifti import write_nifti
+
+        suffix = ".nii" if self.workflow.params("write_nifti").get("compress") is False else ".nii.gz"
+        final = base.with_name(base.name + suffix)
+        with self._step(entry, "write_nifti"), atomic_output(final) as temporary:
+            write_nifti(prediction.labels, volume.affine_lps, temporary.with_name(temporary.name + suffix))
+            temporary.with_name(temporary.name + suffix).replace(temporary)
+        entry.outputs.append(str(final.relative_to(self.options.output_dir)))
+
+    @contextmanager
+    def _step(self, entry: SeriesEntry, step: str) -> Iterator[None]:
+        self.options.progress.event("step", key=entry.key, step=step)
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            entry.timings[step] = round(entry.timings.get(step, 0.0) + time.perf_counter() - started, 4)
+            self.options.progress.event("step_done", key=entry.key, step=step)
+
+    # -- report helpers ------------------------------------------------------------------------
+    def _entry(self, series: Series, status: Status, reason: str) -> SeriesEntry:
+        return SeriesEntry(
+            key=series.key,
+            series_instance_uid=series.series_instance_uid,
+            study_instance_uid=series.study_instance_uid,
+            modality=series.modality,
+            description=series.description,
+            images=series.number_of_images,
+            status=status,
+            reason=reason,
+            input_files=len(series.instances),
+            sop_instance_uids=[i.sop_instance_uid for i in series.instances],
+        )
+
+    def _template_fields(self, series: Series) -> dict[str, object]:
+        header = series.first_header
+        return self._fields(series.key, series.study_instance_uid or "nostudy", self.model.card.id,
+                            header.get("PatientID", "") or "anonymous", series.modality,
+                            header.get("SeriesNumber", "") or "", series.description)
+
+    def _fields(self, series_uid: str, study_uid: str, model: str, patient_id: object, modality: str,
+                series_number: object, description: str) -> dict[str, object]:
+        return {
+            "series_uid": series_uid, "study_uid": study_uid or "nostudy", "model": self.model.card.id,
+            "patient_id": patient_id or "anonymous", "modality": modality or "unknown",
+            "series_number": series_number or "0", "series_description": description or "none",
+        }
+
+
+def run(model: Any, options: RunOptions) -> RunReport:
+    """Run ``model`` (a catalog entry) with ``options``; see :class:`Pipeline`."""
+    return Pipeline(model, options).run()
+
+
+ProgressCallback = Callable[[str, dict[str, Any]], None]
