@@ -40,7 +40,7 @@ def loaded_runner(model: Any, device: str, params: dict[str, Any]) -> ModelRunne
     """The model's runner, loaded once per process and device, then reused across series and runs."""
     key = (model.card.id, device)
     if key not in _RUNNERS:
-        runner = model.runner_class()
+        runner = model.new_runner()
         runner.load(device, params)
         _RUNNERS[key] = runner
     return _RUNNERS[key]

@@ -1,0 +1,1 @@
+"""ct-body: algorithmic (threshold-based) body / lung / bone reference model for CT."""

@@ -1,0 +1,307 @@
+"""Label map on the source planes → DICOM Segmentation (PS3.3 A.51), via highdicom.
+
+What this module decides, so callers do not have to:
+
+* **Segment numbers.** Only label values that have voxels become segments; they are numbered
+  1..K in ascending order of label value (BINARY requires 1..K without gaps, PS3.3
+  C.8.20.2; LABELMAP uses the same numbers so both types of one result agree). Each
+  segment's Tracking ID is its segment database ID (``LEFT_LUNG``), so readers can map
+  segments back to label values without relying on numbering.
+* **Empty result.** A label map without a single labelled voxel raises
+  :class:`EmptySegmentationError` (a :class:`MedhubError`): a SEG must describe at least one
+  segment, and a SEG whose only segment is empty tells a PACS user nothing but looks like a
+  finding. The pipeline records "no segment found" for that series instead.
+* **Undescribed labels.** A label value with voxels but no segment is a runner bug; it
+  raises instead of silently dropping part of the model's output.
+* **Frames.** Empty frames are omitted (``omit_empty_frames``); every stored frame keeps its
+  plane position and references its source image/frame, so geometry is preserved.
+  Single-frame sources are given to highdicom one dataset per plane in plane order;
+  for a multi-frame source each plane carries the Plane Position of its frame
+  (``SourcePlane.frame_number``) and highdicom references the frame(s) at that position,
+  so the grid may use a subset of frames in any order.
+* **Encoding.** Explicit VR Little Endian. BINARY frames are bit-packed (1 bit per pixel,
+  what dcmqi and every viewer read); LABELMAP frames are 8 bits (16 above 255 segments).
+
+The label array is ``(n_planes, rows, columns)`` in :class:`~medhub.volume.SourceGrid`
+plane order, i.e. already on the real source planes (the pipeline resamples back first).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code as PydicomCode
+
+from medhub.errors import MedhubError
+from medhub.provenance import AlgorithmInfo, device_info
+from medhub.segdb import Code, SegmentSpec, get_segment
+from medhub.volume import SourceGrid
+
+_MAX_SEGMENTS = 65535
+
+
+class EmptySegmentationError(MedhubError):
+    """The label map has no labelled voxel, so there is nothing to write as a SEG."""
+
+
+def write_seg(
+    labels: np.ndarray,
+    source: SourceGrid,
+    segments: Mapping[int, SegmentSpec | str],
+    algorithm: AlgorithmInfo,
+    path: Path,
+    *,
+    labelmap: bool = False,
+    series_number: int = 901,
+    series_description: str | None = None,
+) -> Path:
+    """Write ``labels`` as a DICOM SEG at ``path`` and return ``path``.
+
+    ``segments`` maps label values to segment specs (or segment database IDs).
+    ``labelmap=True`` writes the LABELMAP SOP class (Label Map Segmentation Storage, one
+    frame per plane with all segments) instead of BINARY (one bit-packed frame per plane and
+    segment); LABELMAP is smaller for many segments but fewer viewers read it yet.
+    """
+    path = Path(path)
+    where = _describe(source, path)
+    _check_source(source, where)
+    label_values = _check_labels(labels, source, where)
+    specs = {int(value): _resolve(spec, where) for value, spec in segments.items()}
+
+    undescribed = sorted(set(label_values) - set(specs))
+    if undescribed:
+        raise MedhubError(f"{where}: label values {undescribed} have voxels but no segment description")
+    if not label_values:
+        raise EmptySegmentationError(f"{where}: the label map is empty (no voxel of any segment); no SEG written")
+    if len(label_values) > _MAX_SEGMENTS:
+        raise MedhubError(f"{where}: {len(label_values)} segments exceed the DICOM limit of {_MAX_SEGMENTS}")
+
+    source_images, plane_positions = _arrange_frames(source, where)
+    numbered = _renumber(labels, label_values)
+    descriptions = [
+        _segment_description(number, specs[value], algorithm) for number, value in enumerate(label_values, start=1)
+    ]
+    description = series_description or f"{algorithm.name} segmentation"
+    kwargs = {
+        **device_info().as_highdicom_kwargs(),
+        **_character_set(source_images[0]),
+        "content_label": _content_label(algorithm.name),
+        "content_description": f"{algorithm.name} {algorithm.version}"[:64],
+        "series_description": description[:64],
+    }
+    segmentation_type = hd.seg.SegmentationTypeValues.LABELMAP if labelmap else hd.seg.SegmentationTypeValues.BINARY
+    with warnings.catch_warnings():
+        # Single-component patient names ("HEAD") are common in real exports; highdicom warns
+        # on each, but the name is copied as is and is not ours to judge.
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        try:
+            seg = hd.seg.Segmentation(
+                source_images=source_images,
+                pixel_array=numbered,
+                plane_positions=plane_positions,
+                segmentation_type=segmentation_type,
+                segment_descriptions=descriptions,
+                series_instance_uid=hd.UID(),
+                series_number=series_number,
+                sop_instance_uid=hd.UID(),
+                instance_number=1,
+                omit_empty_frames=True,
+                **kwargs,
+            )
+        except (ValueError, TypeError, AttributeError) as error:
+            # highdicom validates its inputs (same series, geometry, codes) and says what is wrong.
+            raise MedhubError(f"{where}: cannot build the SEG: {error}") from error
+    seg.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _character_set(dataset: Dataset) -> dict[str, None]:
+    """An empty Specific Character Set (seen in real CT) means the default repertoire.
+
+    highdicom copies the source's value and rejects ''; passing None leaves the attribute out,
+    which means the same thing. Any other value is left to highdicom to copy.
+    """
+    value = dataset.get("SpecificCharacterSet")
+    values = [value] if isinstance(value, str) or value is None else list(value)
+    if value is not None and not any(str(v).strip() for v in values):
+        return {"specific_character_set": None}
+    return {}
+
+
+def _describe(source: SourceGrid, path: Path) -> str:
+    """'SEG out.dcm for series 1.2.3' — the prefix of every error message."""
+    uid = source.planes[0].dataset.get("SeriesInstanceUID", "") if source.planes else ""
+    return f"SEG {path.name} for series {uid or '(no Series Instance UID)'}"
+
+
+def _check_source(source: SourceGrid, where: str) -> None:
+    if not source.planes:
+        raise MedhubError(f"{where}: the source grid has no planes")
+    if not source.referenceable:
+        reason = source.unreferenceable_reason or "the source lacks the UIDs a SEG must reference"
+        raise MedhubError(f"{where}: cannot reference the source images: {reason}")
+
+
+def _check_labels(labels: np.ndarray, source: SourceGrid, where: str) -> list[int]:
+    """Validate shape and dtype; return the non-zero label values that have voxels, ascending."""
+    expected = (len(source.planes), source.rows, source.columns)
+    if labels.shape != expected:
+        raise MedhubError(
+            f"{where}: label map shape {labels.shape} does not match the source planes "
+            f"(planes, rows, columns) = {expected}"
+        )
+    if labels.dtype == np.bool_:
+        return [1] if labels.any() else []
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise MedhubError(f"{where}: label map must hold integers, got dtype {labels.dtype}")
+    if labels.dtype.itemsize > 2 or np.issubdtype(labels.dtype, np.signedinteger):
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high > _MAX_SEGMENTS:
+            raise MedhubError(f"{where}: label values must lie in 0..{_MAX_SEGMENTS}, found {low}..{high}")
+        counts_dtype = np.uint16
+    else:
+        counts_dtype = labels.dtype
+    # Per-plane bincount: a whole-volume bincount would first cast every voxel to intp
+    # (8 bytes each, 630 MB for 300x512x512); np.unique would sort all voxels.
+    present = np.zeros(1, dtype=bool)
+    for plane in labels:
+        counts = np.bincount(plane.ravel().astype(counts_dtype, copy=False))
+        if counts.size > present.size:
+            present = np.pad(present, (0, counts.size - present.size))
+        present[: counts.size] |= counts > 0
+    return [int(v) for v in np.flatnonzero(present) if v != 0]
+
+
+def _resolve(spec: SegmentSpec | str, where: str) -> SegmentSpec:
+    if isinstance(spec, SegmentSpec):
+        return spec
+    if isinstance(spec, str):
+        return get_segment(spec)
+    raise MedhubError(f"{where}: a segment must be a SegmentSpec or a segment ID, got {spec!r}")
+
+
+def _renumber(labels: np.ndarray, label_values: list[int]) -> np.ndarray:
+    """Map label values to segment numbers 1..K (a no-op when they already are 1..K)."""
+    dtype = np.uint8 if len(label_values) < 256 else np.uint16
+    if label_values == list(range(1, len(label_values) + 1)):
+        return labels.astype(dtype, copy=False)
+    lut = np.zeros(int(max(label_values)) + 1, dtype=dtype)
+    lut[label_values] = np.arange(1, len(label_values) + 1, dtype=dtype)
+    # Label values without a segment have no voxels (checked before), so clipping is safe.
+    return np.take(lut, labels, mode="clip")
+
+
+def _arrange_frames(source: SourceGrid, where: str) -> tuple[list[Dataset], list[hd.PlanePositionSequence] | None]:
+    """The source images for highdicom and, for a multi-frame source, each plane's position.
+
+    Single-frame: one dataset per plane in plane order; highdicom pairs ``pixel_array[i]``
+    with ``source_images[i]``. Multi-frame: highdicom would pair planes with *all* frames in
+    frame order, which fails when the grid uses some frames (one stack of a Philips file
+    holding magnitude and field map at the same 32 positions) and is wrong when frames are
+    not in slice order. So each plane gets its frame's own Plane Position, and highdicom
+    references the source frame(s) at that position.
+    """
+    frame_numbers = [plane.frame_number for plane in source.planes]
+    datasets = source.datasets
+    if all(number is None for number in frame_numbers):
+        if len(datasets) != len(source.planes):
+            raise MedhubError(f"{where}: a single-frame source image is used by more than one plane")
+        return datasets, None
+    if any(number is None for number in frame_numbers) or len(datasets) != 1:
+        raise MedhubError(
+            f"{where}: planes must come from one multi-frame image or from single-frame images only "
+            f"(got {len(datasets)} images, {sum(n is None for n in frame_numbers)} planes without a frame)"
+        )
+    dataset = datasets[0]
+    if "PerFrameFunctionalGroupsSequence" not in dataset:
+        raise MedhubError(
+            f"{where}: multi-frame source {dataset.get('SOPInstanceUID', '')} has no per-frame functional "
+            "groups (plane positions); read its header without stop_before_pixels, which drops them"
+        )
+    n_frames = len(dataset.PerFrameFunctionalGroupsSequence)
+    if not all(1 <= n <= n_frames for n in frame_numbers) or len(set(frame_numbers)) != len(frame_numbers):
+        raise MedhubError(f"{where}: plane frame numbers {frame_numbers} do not fit {n_frames} unique frames")
+    shared = dataset.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in dataset else Dataset()
+    positions = []
+    for number in frame_numbers:
+        item = dataset.PerFrameFunctionalGroupsSequence[number - 1]
+        group = item if "PlanePositionSequence" in item else shared
+        if "PlanePositionSequence" not in group:
+            raise MedhubError(f"{where}: frame {number} of the multi-frame source has no Plane Position")
+        position = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
+        positions.append(hd.PlanePositionSequence(coordinate_system="PATIENT", image_position=position))
+    return [_with_shared_geometry(dataset, source, where)], positions
+
+
+def _with_shared_geometry(dataset: Dataset, source: SourceGrid, where: str) -> Dataset:
+    """A view of a multi-frame header whose shared functional groups carry the grid's geometry.
+
+    highdicom reads pixel spacing and orientation of a multi-frame source only from the
+    Shared Functional Groups; real enhanced MR (Philips) puts them in every per-frame item
+    instead. The SourceGrid already holds the one orientation and spacing of its planes, so
+    they are added to a copy of the header; the file and the caller's dataset are unchanged,
+    and the SEG still references the same instance and frames.
+    """
+    shared = dataset.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in dataset else Dataset()
+    if "PixelMeasuresSequence" in shared and "PlaneOrientationSequence" in shared:
+        return dataset
+    thickness = None
+    for plane in source.planes:
+        item = dataset.PerFrameFunctionalGroupsSequence[plane.frame_number - 1]
+        if "PixelMeasuresSequence" in item:
+            thickness = item.PixelMeasuresSequence[0].get("SliceThickness")
+            break
+    if thickness is None and "PixelMeasuresSequence" in shared:
+        thickness = shared.PixelMeasuresSequence[0].get("SliceThickness")
+    if thickness is None:
+        raise MedhubError(f"{where}: multi-frame source has no Slice Thickness in its functional groups")
+    new_shared = Dataset()
+    new_shared.update(shared)
+    new_shared.PixelMeasuresSequence = hd.PixelMeasuresSequence(
+        pixel_spacing=[float(v) for v in source.pixel_spacing], slice_thickness=float(thickness)
+    )
+    new_shared.PlaneOrientationSequence = hd.PlaneOrientationSequence(
+        coordinate_system="PATIENT", image_orientation=[float(v) for v in source.orientation]
+    )
+    view = Dataset()
+    view.update(dataset)
+    view.SharedFunctionalGroupsSequence = [new_shared]
+    if hasattr(dataset, "file_meta"):
+        view.file_meta = dataset.file_meta
+    return view
+
+
+def _coded(code: Code) -> PydicomCode:
+    return PydicomCode(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+def _segment_description(number: int, spec: SegmentSpec, algorithm: AlgorithmInfo) -> hd.seg.SegmentDescription:
+    description = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=spec.name,
+        segmented_property_category=_coded(spec.category),
+        segmented_property_type=_coded(spec.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues(algorithm.type),
+        algorithm_identification=algorithm.identification(),
+        tracking_id=spec.id,
+        tracking_uid=hd.UID(),
+        display_color=hd.color.CIELabColor.from_rgb(*spec.color),
+    )
+    if spec.modifier is not None:
+        # Laterality goes into the Segmented Property Type Modifier Code Sequence (0062,0011)
+        # inside the type item (PS3.3 C.8.20.2); highdicom has no argument for it.
+        modifier = hd.sr.CodedConcept(spec.modifier.value, spec.modifier.scheme, spec.modifier.meaning)
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [modifier]
+    return description
+
+
+def _content_label(name: str) -> str:
+    """ContentLabel is a CS: upper case, digits, space and underscore, at most 16 characters."""
+    label = re.sub(r"[^A-Z0-9_ ]", "_", name.upper()).strip()[:16]
+    return label or "SEGMENTATION"
