@@ -12,10 +12,15 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def shared_path(relative: str) -> Path:
-    """A path in ../shared/data, or skip the test with the reason when it is absent."""
+    """A path in ../shared/data; skip the test with the reason when ../shared/data is absent.
+
+    When the data folder exists but the path does not, that is a mistake in the test, not missing data: fail.
+    """
+    if not SHARED_DATA.exists():
+        pytest.skip(f"real test data absent: {SHARED_DATA} (see ../shared/data/MANIFEST.md)")
     path = SHARED_DATA / relative
     if not path.exists():
-        pytest.skip(f"real test data absent: {path} (see ../shared/data/MANIFEST.md)")
+        pytest.fail(f"{path} does not exist in the shared data (see ../shared/data/MANIFEST.md)")
     return path
 
 

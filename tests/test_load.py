@@ -415,8 +415,9 @@ def test_corrupt_jpeg2000_names_the_file(tmp_path: Path, assert_valid_dicom) -> 
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     ds.save_as(paths[1], enforce_file_format=True)
     assert_valid_dicom(paths[1])
-    with pytest.raises(SeriesSkipped, match=r"cannot decode .*ct001\.dcm: JPEG 2000 Image Compression"):
+    with pytest.raises(MedhubError, match=r"cannot decode .*ct001\.dcm: JPEG 2000 Image Compression") as excinfo:
         load_series(make_series(paths))
+    assert not isinstance(excinfo.value, SeriesSkipped), "a broken file fails its series; it is not a selection skip"
 
 
 @pytest.mark.parametrize(

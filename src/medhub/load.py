@@ -23,7 +23,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from medhub import geometry
-from medhub.errors import SeriesSkipped
+from medhub.errors import MedhubError, SeriesSkipped
 from medhub.series import Instance, Series
 from medhub.volume import SourceGrid, SourcePlane, Volume
 
@@ -361,14 +361,14 @@ def _decode(frames: Iterable[_Frame], rows: int, columns: int) -> dict[tuple[str
     for path, wanted in by_path.items():
         try:
             dataset = pydicom.dcmread(path)
-        except Exception as error:  # noqa: BLE001 - any parse failure is a skip with its reason
-            raise SeriesSkipped(f"cannot read {path}: {_first_line(error)}") from error
+        except Exception as error:  # noqa: BLE001 - a broken file fails its series (exit code 1), not the run
+            raise MedhubError(f"cannot read {path}: {_first_line(error)}") from error
         if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
             raise SeriesSkipped(f"no pixel data in {path.name}")
         try:
             data = dataset.pixel_array
-        except Exception as error:  # noqa: BLE001 - decoder errors vary by plugin
-            raise SeriesSkipped(_decode_failure(path, dataset, error)) from error
+        except Exception as error:  # noqa: BLE001 - decoder errors vary by plugin; the series fails with the reason
+            raise MedhubError(_decode_failure(path, dataset, error)) from error
         if data.ndim == 2:
             data = data[None]
         if data.shape[1:] != (rows, columns):

@@ -48,14 +48,16 @@ class RichProgress:
     """A bar for the scan (files), one for the series, and one for the steps of the current series."""
 
     def __init__(self, console: Console | None = None) -> None:
+        console = console or Console(stderr=True)
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=console or Console(stderr=True),
+            console=console,
             transient=False,
+            disable=not console.is_terminal,  # logs and pipes get the report, not bar redraws
         )
         self.progress.start()
         self.scan_task = self.progress.add_task("scanning", total=None)
@@ -76,12 +78,9 @@ class RichProgress:
         elif kind == "series_start":
             if self.step_task is not None:
                 self.progress.remove_task(self.step_task)
-            steps = data.get("steps", [])
-            self.step_task = self.progress.add_task(f"  {str(data.get('key', ''))[:40]}", total=len(steps) or None)
+            self.step_task = self.progress.add_task(f"  {str(data.get('key', ''))[:40]}", total=None)
         elif kind == "step" and self.step_task is not None:
             self.progress.update(self.step_task, description=f"  {str(data.get('key', ''))[:40]}: {data.get('step')}")
-        elif kind == "step_done" and self.step_task is not None:
-            self.progress.advance(self.step_task)
         elif kind == "series_done" and self.series_task is not None:
             self.progress.advance(self.series_task)
 
