@@ -37,10 +37,28 @@ def is_nifti(path: Path) -> bool:
 
 
 def loaded_runner(model: Any, device: str, params: dict[str, Any]) -> ModelRunner:
-    """The model's runner, loaded once per process and device, then reused across series and runs."""
+    """The model's runner, loaded once per process and device, then reused across series and runs.
+
+    A model whose card requirements this environment does not satisfy (or any model under
+    ``MEDHUB_ISOLATION=always``) gets an :class:`~medhub.isolated.IsolatedRunner`: its real
+    runner runs in the model's own venv (built on first use), in one worker kept for the process.
+    """
+    from medhub.envs import needs_isolation
+
+    isolated = needs_isolation(model.card)
     key = (model.card.id, device)
+    cached = _RUNNERS.get(key)
+    if cached is not None and bool(getattr(cached, "isolated", False)) != isolated:  # MEDHUB_ISOLATION changed
+        del _RUNNERS[key]
+        getattr(cached, "close", lambda: None)()
     if key not in _RUNNERS:
-        runner = model.new_runner()
+        if isolated:
+            from medhub.envs import ensure_env
+            from medhub.isolated import IsolatedRunner
+
+            runner: ModelRunner = IsolatedRunner(model, ensure_env(model))
+        else:
+            runner = model.new_runner()
         runner.load(device, params)
         _RUNNERS[key] = runner
     return _RUNNERS[key]
@@ -162,6 +180,8 @@ class Pipeline:
             entry.status, entry.reason = Status.SKIPPED, exc.reason
         except MedhubError as exc:
             entry.status, entry.reason = Status.FAILED, str(exc)
+            if self.options.debug and getattr(exc, "details", ""):
+                entry.notes.append(exc.details)  # e.g. an isolated worker's traceback
         except Exception as exc:  # a bug or an unexpected input: record it, go on with the others
             entry.status = Status.FAILED
             entry.reason = f"{type(exc).__name__}: {exc}".splitlines()[0]

@@ -1,0 +1,65 @@
+"""Test model for isolated environments: threshold + 3D connected components, on numpy 1.x only.
+
+``Runner.predict`` refuses to run unless numpy's major version is ``required_numpy_major``
+(1, which the card's ``numpy<2`` gets in the model's venv but medhub's environment does not
+have): a result from this runner proves the isolated path ran. The tests compute the same
+algorithm in process through a subclass that sets ``required_numpy_major = None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from medhub.errors import MedhubError
+from medhub.models.base import Prediction
+from medhub.volume import Volume
+
+LARGEST, OTHER = 1, 2
+
+
+def threshold_components(hu: np.ndarray, voxel_ml: float, threshold_hu: float, min_ml: float) -> np.ndarray:
+    """Label 1 = largest 26-connected component above ``threshold_hu``; 2 = the others of >= ``min_ml``."""
+    labels, count = ndi.label(hu > threshold_hu, structure=ndi.generate_binary_structure(3, 3))
+    result = np.zeros(hu.shape, dtype=np.uint8)
+    if count == 0:
+        return result
+    sizes = ndi.histogram(labels, 0, count, count + 1).astype(np.int64)
+    sizes[0] = 0
+    keep = sizes * voxel_ml >= min_ml
+    keep[0] = False
+    code = np.where(keep, OTHER, 0).astype(np.uint8)
+    code[int(sizes.argmax())] = LARGEST
+    return code[labels]
+
+
+class Runner:
+    """No weights; checks the numpy version at load and predict."""
+
+    required_numpy_major: int | None = 1
+
+    def _check_numpy(self) -> None:
+        major = int(np.__version__.split(".")[0])
+        if self.required_numpy_major is not None and major != self.required_numpy_major:
+            raise MedhubError(
+                f"isolated-threshold needs numpy {self.required_numpy_major}.x, runs with numpy {np.__version__}"
+            )
+
+    def load(self, device: str, params: dict[str, Any]) -> None:
+        self._check_numpy()
+        self.device = device
+
+    def predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
+        self._check_numpy()
+        voxel_ml = abs(float(np.linalg.det(volume.affine_lps[:3, :3]))) / 1000.0
+        labels = threshold_components(np.asarray(volume.array), voxel_ml, float(params.get("threshold_hu", 300)),
+                                      float(params.get("min_ml", 0.05)))
+        counts = np.bincount(labels.ravel(), minlength=3)
+        components = int(ndi.label(labels > 0, structure=ndi.generate_binary_structure(3, 3))[1])
+        return Prediction(
+            labels=labels,
+            segments={v: name for v, name in ((LARGEST, "SKULL"), (OTHER, "BONE")) if counts[v]},
+            values={"components": components, "largest_ml": round(float(counts[LARGEST]) * voxel_ml, 3)},
+        )
