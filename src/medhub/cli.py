@@ -1,4 +1,4 @@
-"""The ``medhub`` command line: run, doctor, models, info.
+"""The ``medhub`` command line: run and doctor here; models, info, pull, new, check in :mod:`medhub.cli_hub`.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback (``--debug`` shows
 it). Exit codes of ``run``: 0 every chosen series succeeded, 1 some failed (the others are
@@ -28,7 +28,8 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-errors = Console(stderr=True)
+if not console.is_terminal:  # a log file or pipe: do not wrap tables at 80 columns
+    console = Console(width=200)
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_DONE = 0, 1, 2
@@ -45,7 +46,7 @@ def user_errors(function: F) -> F:
         except MedhubError as exc:
             if debug:
                 raise
-            errors.print(f"medhub: {exc}", markup=False, highlight=False)
+            typer.echo(f"medhub: {exc}", err=True)
             raise typer.Exit(EXIT_NOTHING_DONE) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
@@ -53,8 +54,7 @@ def user_errors(function: F) -> F:
             if debug:
                 raise
             message = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            errors.print(f"medhub: internal error: {message} (run with --debug for the traceback)",
-                         markup=False, highlight=False)
+            typer.echo(f"medhub: internal error: {message} (run with --debug for the traceback)", err=True)
             raise typer.Exit(EXIT_SOME_FAILED) from None
 
     return wrapper  # type: ignore[return-value]
@@ -117,6 +117,8 @@ def run(
     if input is None:
         raise MedhubError("missing --input (a DICOM folder or a NIfTI file), or use --sample")
 
+    if not input.exists():
+        raise MedhubError(f"input not found: {input}")
     progress = JsonLinesProgress() if json_progress else RichProgress()
     options = RunOptions(input_path=input, output_dir=output, workflow=chosen, device=device,
                          template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug)
@@ -180,62 +182,13 @@ def doctor(
                   f"{diagnosis['dicomdir_files']} DICOMDIR ignored")
 
 
-@app.command()
-@user_errors
-def models(
-    modality: Annotated[str | None, typer.Option("--modality", help="Only models for this modality.")] = None,
-    json_output: JsonOption = False,
-    debug: DebugOption = False,
-) -> None:
-    """List the models in the catalog."""
-    from medhub.models.catalog import list_models
-
-    cards = [c for c in list_models()
-             if modality is None or modality.upper() in [m.upper() for m in c.modality]]
-    if json_output:
-        console.print_json(json.dumps([c.model_dump(mode="json") for c in cards]))
-        return
-    table = Table(title="medhub models")
-    for column in ("model", "version", "modality", "body part", "task", "title"):
-        table.add_column(column)
-    for card in cards:
-        table.add_row(card.id, str(card.version), ", ".join(card.modality), card.body_part, card.task, card.title)
-    console.print(table)
-
-
-@app.command()
-@user_errors
-def info(
-    model: Annotated[str, typer.Argument(help="Model name.")],
-    json_output: JsonOption = False,
-    debug: DebugOption = False,
-) -> None:
-    """Show a model's card: inputs, outputs with segment codes, citation, licences, run command."""
-    from medhub.models.catalog import get_model
-    from medhub.segdb import get_segment
-
-    entry = get_model(model)
-    card = entry.card
-    if json_output:
-        console.print_json(json.dumps(card.model_dump(mode="json")))
-        return
-    console.print(f"[bold]{card.id}[/bold] {card.version}: {card.title}")
-    console.print(card.description, markup=False)
-    for spec in card.inputs:
-        console.print(f"input: {spec.query}", markup=False)
-    for value, segment_id in sorted(card.outputs.segments.items()):
-        segment = get_segment(segment_id)
-        console.print(f"label {value}: {segment.name} (SCT {segment.type.value} {segment.type.meaning})",
-                      markup=False)
-    console.print(f"workflows: {', '.join(sorted(entry.workflows))}")
-    console.print(f"citation: {card.citation}", markup=False)
-    console.print(f"run: medhub run {card.id} --input DICOM_FOLDER --output OUT", markup=False)
-
-
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="medhub")
 
+
+# The hub's commands (models, info, pull, new, check, schema) register themselves on ``app``.
+from medhub import cli_hub  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
