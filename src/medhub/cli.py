@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -80,6 +81,9 @@ def run(
     sample: Annotated[bool, typer.Option("--sample", help="Run on sample data shipped with a dependency.")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
     json_progress: Annotated[bool, typer.Option("--json-progress", help="Stream one JSON event per line.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip series already completed in OUT.")] = False,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Start a local Dask cluster of N.")] = None,
     debug: DebugOption = False,
 ) -> None:
     """Run MODEL on every suitable series under --input and write results to --output."""
@@ -119,9 +123,12 @@ def run(
 
     if not input.exists():
         raise MedhubError(f"input not found: {input}")
+    # SIGTERM (a batch system's kill) unwinds like Ctrl-C, so temporary files are removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     progress = JsonLinesProgress() if json_progress else RichProgress()
     options = RunOptions(input_path=input, output_dir=output, workflow=chosen, device=device,
-                         template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug)
+                         template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug,
+                         resume=resume, scheduler=scheduler, workers=workers)
     try:
         report = run_pipeline(entry, options)
     finally:

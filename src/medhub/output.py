@@ -57,6 +57,16 @@ def atomic_output(final: Path) -> Iterator[Path]:
             temporary.unlink()
 
 
+def remove_stale_partials(output_dir: Path) -> int:
+    """Delete temporary files a killed run left behind (only medhub's own ``.NAME.PID.partial``)."""
+    removed = 0
+    for stale in output_dir.rglob(".*.partial"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            removed += 1
+    return removed
+
+
 def check_output_location(input_path: Path, output_dir: Path) -> None:
     """Refuse an output folder inside the input tree: the input tree is never modified."""
     source = input_path.resolve()

@@ -7,6 +7,7 @@ report with a status and, unless it succeeded, a reason.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -20,9 +21,15 @@ import numpy as np
 import medhub
 from medhub.errors import MedhubError, SeriesSkipped
 from medhub.models.base import ModelRunner, Prediction
-from medhub.output import DEFAULT_TEMPLATE, atomic_output, check_output_location, render_template
+from medhub.output import (
+    DEFAULT_TEMPLATE,
+    atomic_output,
+    check_output_location,
+    remove_stale_partials,
+    render_template,
+)
 from medhub.progress import ProgressSink, SilentProgress
-from medhub.report import RunReport, SeriesEntry, Status
+from medhub.report import Journal, RunReport, SeriesEntry, Status
 from medhub.series import Series
 from medhub.volume import Volume
 from medhub.workflow import Workflow
@@ -75,6 +82,9 @@ class RunOptions:
     template: str = DEFAULT_TEMPLATE
     progress: ProgressSink = field(default_factory=SilentProgress)
     debug: bool = False
+    resume: bool = False  # skip series the journal records as complete (same model, version, workflow)
+    scheduler: str | None = None  # address of an existing Dask scheduler: one task per series there
+    workers: int | None = None  # start a local Dask cluster with this many worker processes
 
 
 @dataclass
@@ -107,6 +117,10 @@ class Pipeline:
             raise MedhubError(f"input not found: {source}")
         check_output_location(source, self.options.output_dir)
         self.options.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(self.options.output_dir)
+        self.journal = Journal(self.options.output_dir, self.fingerprint())
+        if not self.options.resume and self.journal.path.exists():
+            self.journal.path.unlink()  # a fresh run starts a fresh journal
         try:
             if is_nifti(source):
                 self._run_nifti(source)
@@ -149,8 +163,15 @@ class Pipeline:
             raise MedhubError(
                 f"no series in {root} matches model {self.model.card.id}: " + "; ".join(reasons[:3])
             )
-        for series in selection.chosen:
-            self._run_series(series)
+        todo = self._resume(selection.chosen)
+        if self.options.scheduler or self.options.workers:
+            from medhub.distributed import run_on_dask
+
+            for entry in run_on_dask(self, todo):
+                self._finish(entry)
+        else:
+            for series in todo:
+                self._finish(self.process_series(series))
         if self.report.count(Status.SUCCEEDED) == 0 and self.report.count(Status.FAILED) == 0:
             skipped = [e.reason for e in self.report.series if e.status == Status.SKIPPED]
             raise MedhubError(f"no suitable series could be processed: {'; '.join(skipped[:3])}")
@@ -161,11 +182,43 @@ class Pipeline:
             params["input"] = self.model.card.inputs[0].query
         return params
 
-    def _run_series(self, series: Series) -> None:
+    def fingerprint(self) -> str:
+        """What makes two runs' outputs interchangeable: model, its version, the workflow and the layout."""
+        card = self.model.card
+        parts = [card.id, str(card.version), self.workflow.model_dump_json(), self.options.template]
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+    def _resume(self, chosen: list[Series]) -> list[Series]:
+        """With ``--resume``, take finished series from the journal and return the ones still to do."""
+        if not self.options.resume:
+            return list(chosen)
+        done = self.journal.completed()
+        todo = []
+        for series in chosen:
+            previous = done.get(series.key)
+            if previous is None:
+                todo.append(series)
+                continue
+            previous.notes.append("resumed: outputs from an earlier run with the same model and workflow")
+            self.report.series.append(previous)
+            self.options.progress.event("series_done", key=series.key, status=previous.status.value,
+                                        reason="", resumed=True)
+        return todo
+
+    def _finish(self, entry: SeriesEntry) -> None:
+        """Record a processed series: in the report, in the journal (for --resume), as a progress event."""
+        self.report.series.append(entry)
+        self.journal.append(entry)
+        self.options.progress.event("series_done", key=entry.key, status=entry.status.value, reason=entry.reason)
+
+    def process_series(self, series: Series) -> SeriesEntry:
+        """Load, predict and write one series; never raises: the entry says what happened.
+
+        This is the unit of work that runs in-process or as one Dask task per series.
+        """
         from medhub.load import load_series
 
         entry = self._entry(series, Status.FAILED, "")
-        self.report.series.append(entry)
         steps = [s for s in self.workflow.execute if s != "select"]
         self.options.progress.event("series_start", key=series.key, steps=steps)
         try:
@@ -187,7 +240,7 @@ class Pipeline:
             entry.reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if self.options.debug:
                 entry.notes.append(traceback.format_exc())
-        self.options.progress.event("series_done", key=series.key, status=entry.status.value, reason=entry.reason)
+        return entry
 
     # -- NIfTI ---------------------------------------------------------------------------------
     def _run_nifti(self, path: Path) -> None:

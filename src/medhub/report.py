@@ -8,6 +8,7 @@ and every file that could not be read.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -17,6 +18,7 @@ from typing import Any
 from medhub.output import atomic_output
 
 REPORT_NAME = "medhub-report.json"
+JOURNAL_NAME = "medhub-journal.jsonl"
 
 
 class Status(StrEnum):
@@ -43,6 +45,56 @@ class SeriesEntry:
     outputs: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SeriesEntry:
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        known["status"] = Status(known["status"])
+        return cls(**known)
+
+
+class Journal:
+    """An append-only log of finished series (``OUT/medhub-journal.jsonl``), one JSON line each.
+
+    It is what makes ``--resume`` possible after a kill at any moment: a line is written (and
+    flushed to disk) only after the series' outputs have been renamed into place, so a series in
+    the journal is complete; a half-written last line from a kill is ignored when read back.
+    ``fingerprint`` ties each line to the model, version and workflow that produced it.
+    """
+
+    def __init__(self, output_dir: Path, fingerprint: str) -> None:
+        self.path = output_dir / JOURNAL_NAME
+        self.fingerprint = fingerprint
+
+    def append(self, entry: SeriesEntry) -> None:
+        line = json.dumps({"fingerprint": self.fingerprint, **entry.to_dict()}, default=str)
+        with open(self.path, "a", encoding="utf-8") as stream:
+            stream.write(line + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+
+    def completed(self) -> dict[str, SeriesEntry]:
+        """Series key → the last succeeded entry of this fingerprint whose outputs all exist."""
+        done: dict[str, SeriesEntry] = {}
+        if not self.path.exists():
+            return done
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the torn last line of a killed run
+            if data.get("fingerprint") != self.fingerprint:
+                continue
+            entry = SeriesEntry.from_dict(data)
+            if entry.status != Status.SUCCEEDED:
+                done.pop(entry.key, None)
+                continue
+            if entry.outputs and all((self.path.parent / output).is_file() for output in entry.outputs):
+                done[entry.key] = entry
+        return done
 
 
 @dataclass

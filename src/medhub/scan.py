@@ -108,6 +108,20 @@ def scan(root: Path, progress: Callable[[int], None] | None = None) -> ScanResul
     return result
 
 
+def scan_files(paths: list[Path]) -> ScanResult:
+    """Read and group exactly these files (a series' instances, e.g. in a Dask worker).
+
+    The grouping is the same as :func:`scan`, so the same files give the same series key.
+    """
+    result = ScanResult(root=Path(paths[0]).parent if paths else Path("."))
+    groups: dict[str, list[Instance]] = {}
+    for path in paths:
+        result.files_seen += 1
+        _scan_file(Path(path), result, groups)
+    result.series = [make_series(key, instances) for key, instances in groups.items()]
+    return result
+
+
 # ---------------------------------------------------------------------------------------------
 # One file
 
