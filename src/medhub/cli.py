@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import signal
 import sys
 import tempfile
@@ -69,7 +70,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 @user_errors
 def run(
     model: Annotated[str, typer.Argument(help="Model name, e.g. deepbet or ct-body (see `medhub models`).")],
-    input: Annotated[Path | None, typer.Option("--input", "-i", help="DICOM folder/file or NIfTI file.")] = None,
+    input: Annotated[str | None, typer.Option("--input", "-i", help="DICOM folder, NIfTI or dicomweb:// URL.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("medhub-out"),
     workflow: Annotated[str | None, typer.Option("--workflow", "-w", help="Workflow name of the model.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="A workflow YAML file to use instead.")] = None,
@@ -84,6 +85,7 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="Skip series already completed in OUT.")] = False,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Start a local Dask cluster of N.")] = None,
+    push: Annotated[str | None, typer.Option("--push", help="dicomweb://HOST/PATH for STOW-RS.")] = None,
     debug: DebugOption = False,
 ) -> None:
     """Run MODEL on every suitable series under --input and write results to --output."""
@@ -112,32 +114,85 @@ def run(
     if labelmap:
         chosen.modules.setdefault("write_seg", {})["labelmap"] = True
 
-    if sample:
-        from medhub.sample import write_sample
+    if sample and input is not None:
+        raise MedhubError("give either --input or --sample, not both")
+    if input is None and not sample:
+        raise MedhubError("missing --input (a DICOM folder, a NIfTI file or a dicomweb:// URL), or use --sample")
+    if push is not None:
+        from medhub.dicomweb import parse_dicomweb_url
 
-        if input is not None:
-            raise MedhubError("give either --input or --sample, not both")
-        input = write_sample(Path(tempfile.mkdtemp(prefix="medhub-sample-")), entry.card.id)
-    if input is None:
-        raise MedhubError("missing --input (a DICOM folder or a NIfTI file), or use --sample")
-
-    if not input.exists():
-        raise MedhubError(f"input not found: {input}")
+        parse_dicomweb_url(push)  # a bad push URL fails before any work
     # SIGTERM (a batch system's kill) unwinds like Ctrl-C, so temporary files are removed on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     progress = JsonLinesProgress() if json_progress else RichProgress()
-    options = RunOptions(input_path=input, output_dir=output, workflow=chosen, device=device,
-                         template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug,
-                         resume=resume, scheduler=scheduler, workers=workers)
+    scratch: Path | None = None  # sample data or a DICOMweb download, removed after the run
     try:
+        if sample:
+            from medhub.sample import write_sample
+
+            scratch = Path(tempfile.mkdtemp(prefix="medhub-sample-"))
+            source = write_sample(scratch, entry.card.id)
+        else:
+            source = _resolve_input(str(input), progress)
+            scratch = source if source != Path(str(input)) else None
+        options = RunOptions(input_path=source, output_dir=output, workflow=chosen, device=device,
+                             template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug,
+                             resume=resume, scheduler=scheduler, workers=workers,
+                             input_label=_input_label(input, sample))
         report = run_pipeline(entry, options)
     finally:
         progress.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     summary = report.summary()
     if not json_progress:
         print_run_summary(report)
+    if push is not None:
+        _push(report, output, push)
     if summary[Status.FAILED.value]:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _input_label(value: str | None, sample: bool) -> str:
+    """What the report names as the input: the path, or the DICOMweb URL without credentials."""
+    from medhub.dicomweb import is_dicomweb_url, redact_url
+
+    if sample or value is None:
+        return "sample data"
+    return redact_url(value) if is_dicomweb_url(value) else value
+
+
+def _resolve_input(value: str, progress: Any) -> Path:
+    """A local path as is; a dicomweb:// URL is fetched (QIDO-RS + WADO-RS) into a scratch folder first."""
+    from medhub.dicomweb import fetch_input, is_dicomweb_url
+
+    if is_dicomweb_url(value):
+        folder = Path(tempfile.mkdtemp(prefix="medhub-dicomweb-"))
+        try:
+            return fetch_input(value, folder, progress=lambda done, total: progress.event("fetch", done=done,
+                                                                                            total=total))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    path = Path(value)
+    if not path.exists():
+        raise MedhubError(f"input not found: {value}")
+    return path
+
+
+def _push(report: Any, output: Path, url: str) -> None:
+    """Store the DICOM results through STOW-RS; a failed push is exit code 1 (the results are written locally)."""
+    from medhub.dicomweb import push_outputs
+
+    files = [output / o for e in report.series for o in e.outputs if o.endswith((".seg.dcm", ".rtstruct.dcm"))]
+    if not files:
+        return
+    try:
+        stored = push_outputs(files, url)
+    except MedhubError as exc:
+        typer.echo(f"medhub: {exc}", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED) from None
+    typer.echo(f"pushed {len(stored)} object(s) to {url.split('?')[0].split('@')[-1]}", err=True)
 
 
 def print_run_summary(report: Any) -> None:
@@ -190,8 +245,54 @@ def doctor(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="medhub")
+    """Console-script entry point: run the command, then leave without tearing down the heap.
+
+    A finished command has nothing left to free that the operating system does not free anyway,
+    yet the interpreter's own shutdown spends ~0.6 s CPU destroying module globals (pydicom's and
+    highdicom's standard tables) -- a fifth of a whole no-model run (bench/README.md). So once the
+    command is done, the shutdown steps that matter still run in the interpreter's order (wait for
+    non-daemon threads, atexit handlers: weakref finalizers stopping isolated model workers and
+    removing their work folders, logging), stdout/stderr are flushed, and the process ends with
+    ``os._exit`` and the command's exit code. Uncaught exceptions (``--debug``) take the normal
+    path, traceback and all.
+    """
+    try:
+        app(prog_name="medhub")
+    except SystemExit as done:
+        code = done.code
+    else:  # pragma: no cover - click's standalone mode always ends with SystemExit
+        code = 0
+    _exit_without_teardown(code)
+
+
+def _exit_without_teardown(code: object) -> None:
+    """End the process as ``sys.exit(code)`` would, minus freeing every object (see :func:`main`)."""
+    import atexit
+    import os
+    import threading
+
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"): the message goes to stderr, the status is 1
+        print(code, file=sys.stderr)
+        status = 1
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is None:  # pragma: no cover - not CPython: take the ordinary exit
+        sys.exit(status)
+    main_thread = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main_thread and not thread.daemon:
+            thread.join()
+    run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing more can be said there
+            pass
+    os._exit(status & 0xFF if status >= 0 else 1)
 
 
 # The hub's commands (models, info, pull, new, check, schema) register themselves on ``app``.

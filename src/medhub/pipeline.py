@@ -85,6 +85,7 @@ class RunOptions:
     resume: bool = False  # skip series the journal records as complete (same model, version, workflow)
     scheduler: str | None = None  # address of an existing Dask scheduler: one task per series there
     workers: int | None = None  # start a local Dask cluster with this many worker processes
+    input_label: str | None = None  # how the report names the input (a DICOMweb URL rather than its download folder)
 
 
 @dataclass
@@ -105,7 +106,7 @@ class Pipeline:
             model=model.card.id,
             model_version=str(model.card.version),
             workflow=self.workflow.general.name,
-            input=str(options.input_path),
+            input=options.input_label or str(options.input_path),
             output=str(options.output_dir),
         )
 
