@@ -297,6 +297,7 @@ def _exit_without_teardown(code: object) -> None:
 
 # The hub's commands (models, info, pull, new, check, schema) register themselves on ``app``.
 from medhub import cli_hub  # noqa: E402, F401
+from medhub import cli_serve  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
