@@ -295,9 +295,8 @@ def _exit_without_teardown(code: object) -> None:
     os._exit(status & 0xFF if status >= 0 else 1)
 
 
-# The hub's commands (models, info, pull, new, check, schema) register themselves on ``app``.
-from medhub import cli_hub  # noqa: E402, F401
-from medhub import cli_serve  # noqa: E402, F401
+# The hub's commands (models, info, pull, new, check, schema) and `serve` register themselves on ``app``.
+from medhub import cli_hub, cli_serve  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
