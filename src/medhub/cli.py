@@ -292,7 +292,7 @@ def _exit_without_teardown(code: object) -> None:
                 stream.flush()
         except (OSError, ValueError):  # closed or broken pipe: nothing more can be said there
             pass
-    os._exit(status & 0xFF if status >= 0 else 1)
+    os._exit(status & 0xFF)  # as the C exit(): sys.exit(-1) ends with 255
 
 
 # The hub's commands (models, info, pull, new, check, schema) and `serve` register themselves on ``app``.

@@ -11,6 +11,7 @@ reported, or skipped with a reason.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medhub import geometry
 from medhub.errors import MedhubError, SeriesSkipped
@@ -359,16 +360,9 @@ def _decode(frames: Iterable[_Frame], rows: int, columns: int) -> dict[tuple[str
         by_path.setdefault(frame.instance.path, []).append(frame)
     pixels: dict[tuple[str, int | None], np.ndarray] = {}
     for path, wanted in by_path.items():
-        try:
-            dataset = pydicom.dcmread(path)
-        except Exception as error:  # noqa: BLE001 - a broken file fails its series (exit code 1), not the run
-            raise MedhubError(f"cannot read {path}: {_first_line(error)}") from error
-        if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
-            raise SeriesSkipped(f"no pixel data in {path.name}")
-        try:
-            data = dataset.pixel_array
-        except Exception as error:  # noqa: BLE001 - decoder errors vary by plugin; the series fails with the reason
-            raise MedhubError(_decode_failure(path, dataset, error)) from error
+        data = _read_native(path, wanted[0].instance.header)
+        if data is None:
+            data = _read_with_pydicom(path)
         if data.ndim == 2:
             data = data[None]
         if data.shape[1:] != (rows, columns):
@@ -378,6 +372,86 @@ def _decode(frames: Iterable[_Frame], rows: int, columns: int) -> dict[tuple[str
         for frame in wanted:
             pixels[_key(frame)] = data[(frame.frame or 1) - 1]
     return pixels
+
+
+def _read_with_pydicom(path: Path) -> np.ndarray:
+    """The stored pixel values of any file pydicom can decode, with one-line errors."""
+    try:
+        dataset = pydicom.dcmread(path)
+    except Exception as error:  # noqa: BLE001 - a broken file fails its series (exit code 1), not the run
+        raise MedhubError(f"cannot read {path}: {_first_line(error)}") from error
+    if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
+        raise SeriesSkipped(f"no pixel data in {path.name}")
+    try:
+        return dataset.pixel_array
+    except Exception as error:  # noqa: BLE001 - decoder errors vary by plugin; the series fails with the reason
+        raise MedhubError(_decode_failure(path, dataset, error)) from error
+
+
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+
+
+def _read_native(path: Path, header: Dataset) -> np.ndarray | None:
+    """Uncompressed little-endian grey-scale pixels read straight from the end of the file, or None.
+
+    ``header`` is the scan's parse of the same file (up to the pixel data). Reading the pixels
+    with ``dcmread`` would parse that header a second time: 0.25 of the 0.4 s CPU a 300-slice CT
+    took. When the file ends with a Pixel Data element of exactly the size the header describes
+    (the layout of nearly every uncompressed CT/MR/PET file), its value is those pixels, and
+    the array is the one pydicom's ``pixel_array`` gives: same dtype, shape and values. This
+    path is only taken where that holds trivially -- 8/16/32 bits allocated, one sample per
+    pixel, little endian; unused high bits are corrected as pydicom does (shifted out and back,
+    so signed values are sign-extended) -- and anything else (compressed or big-endian
+    transfer syntax, bits to mask or sign-extend, colour, trailing elements after the pixel
+    data, a file changed since the scan) returns None, for pydicom to read the whole file.
+    """
+    meta = getattr(header, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+        return None
+    try:
+        bits = int(header.BitsAllocated)
+        signed = int(header.PixelRepresentation)
+        rows, columns = int(header.Rows), int(header.Columns)
+        frames = int(header.get("NumberOfFrames") or 1)
+        stored = int(header.BitsStored)
+        simple = (
+            bits in (8, 16, 32) and 1 <= stored <= bits and signed in (0, 1)
+            and int(header.get("SamplesPerPixel") or 1) == 1
+            and str(header.get("PhotometricInterpretation", "")).strip() in ("MONOCHROME1", "MONOCHROME2")
+        )
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if not simple or rows < 1 or columns < 1 or frames < 1:
+        return None
+    length = rows * columns * frames * (bits // 8)
+    padded = length + (length & 1)
+    if syntax == ExplicitVRLittleEndian:
+        element = (_PIXEL_DATA_TAG + (b"OB" if bits == 8 else b"OW"), _PIXEL_DATA_TAG + b"OB", _PIXEL_DATA_TAG + b"OW")
+        element = tuple(e + b"\0\0" + padded.to_bytes(4, "little") for e in element)
+    else:
+        element = (_PIXEL_DATA_TAG + padded.to_bytes(4, "little"),)
+    head = len(element[0])
+    try:
+        with open(path, "rb") as fp:
+            size = os.fstat(fp.fileno()).st_size
+            if size < padded + head:
+                return None
+            fp.seek(size - padded - head)
+            buffer = bytearray(padded + head)
+            if fp.readinto(buffer) != len(buffer):
+                return None
+    except OSError:
+        return None
+    if bytes(buffer[:head]) not in element:
+        return None
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder("<")
+    data = np.frombuffer(buffer, dtype=dtype, count=rows * columns * frames, offset=head)
+    data = data.astype(dtype.newbyteorder("="), copy=False)
+    if stored < bits:  # pydicom's correction of the unused high bits: sign-extend (signed) or clear them
+        np.left_shift(data, bits - stored, out=data)
+        np.right_shift(data, bits - stored, out=data)
+    return data.reshape(rows, columns) if frames == 1 else data.reshape(frames, rows, columns)
 
 
 def _decode_failure(path: Path, dataset: Dataset, error: Exception) -> str:

@@ -10,18 +10,22 @@ SEG, RTSTRUCT and SR take both from here so every object tells the same story.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import highdicom as hd
-from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 import medhub
+
+if TYPE_CHECKING:  # highdicom and pydicom's concept dictionary cost ~0.2 s to import: only when writing
+    import highdicom as hd
 
 ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
 
 
 def _default_family() -> Code:
     # CID 7162 "Surface Processing Algorithm Families": (123110, DCM, "Artificial Intelligence")
+    from pydicom.sr.codedict import codes
+
     return codes.cid7162.ArtificialIntelligence
 
 
@@ -52,6 +56,8 @@ class AlgorithmInfo:
 
     def identification(self) -> hd.AlgorithmIdentificationSequence:
         """The Algorithm Identification Sequence highdicom puts in each segment description."""
+        import highdicom as hd
+
         parameters = {str(k): str(v) for k, v in (self.parameters or {}).items()} or None
         return hd.AlgorithmIdentificationSequence(
             name=self.name,

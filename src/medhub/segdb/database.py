@@ -20,6 +20,8 @@ import yaml
 from medhub.errors import MedhubError
 from medhub.segdb import Code, SegmentSpec
 
+# libyaml's safe loader parses the database ~8x faster than the pure-Python one (it is read on every run).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ID_PATTERN = re.compile(r"^[A-Z][A-Z0-9]*(_[A-Z0-9]+)*$")
 _ALLOWED_KEYS = {"id", "name", "category", "type", "modifier", "color"}
 
@@ -81,7 +83,7 @@ def _load() -> dict[str, SegmentSpec]:
         raise MedhubError("segment database is empty: no *.yaml files in the medhub.segdb package")
     for file in files:
         try:
-            document = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            document = yaml.load(file.read_text(encoding="utf-8"), Loader=_SAFE_LOADER) or {}
         except yaml.YAMLError as error:
             raise MedhubError(f"segment database {file.name}: invalid YAML ({error})") from error
         entries = document.get("segments") if isinstance(document, dict) else None

@@ -1,0 +1,102 @@
+"""The two shortcuts that keep medhub's overhead low give exactly what pydicom gives.
+
+* ``load._read_native``: uncompressed pixels read from the end of the file instead of a
+  second full ``dcmread``. Must equal ``Dataset.pixel_array`` (dtype, shape, values, unused
+  high bits corrected), and must decline (None) whatever it does not handle, so pydicom reads it.
+* ``writers.seg._pre_encode_sequences``: sequences encoded once per distinct element. The file
+  must be byte for byte what pydicom's writer produces.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import shared_path
+from pydicom.filebase import DicomBytesIO
+
+from medhub.load import _read_native
+from medhub.writers.seg import _pre_encode_sequences
+
+
+def _files(relative: str) -> list[Path]:
+    return sorted(p for p in shared_path(relative).iterdir() if p.is_file())
+
+
+def _header(path: Path) -> pydicom.Dataset:
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+@pytest.mark.parametrize(
+    ("folder", "count"),
+    [
+        ("ct/philips_phantom_head_1mm", 12),  # explicit VR, 12 of 16 bits stored
+        ("seg/dcmqi_segmentations/ct-3slice", 3),  # implicit VR, 16 bits
+        ("edge/dicom2nifti_tests/ge/anatomical/001", 4),
+    ],
+)
+def test_native_read_equals_pydicom(folder: str, count: int) -> None:
+    for path in _files(folder)[:count]:
+        got = _read_native(path, _header(path))
+        assert got is not None, f"{path} should take the fast path"
+        expected = pydicom.dcmread(path).pixel_array
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+        assert got.flags.writeable
+
+
+def test_unused_high_bits_are_corrected_like_pydicom(tmp_path: Path) -> None:
+    """Garbage above Bits Stored: pydicom sign-extends (signed) or clears it; so must the fast path."""
+    source = _files("ct/philips_phantom_head_1mm")[0]
+    for representation in (0, 1):
+        dataset = pydicom.dcmread(source)
+        dataset.PixelRepresentation = representation
+        dataset.BitsStored = 12
+        dataset.HighBit = 11
+        raw = np.frombuffer(dataset.PixelData, dtype="<u2").copy()
+        raw[::7] |= 0xB000  # bits 12..15 set on some pixels
+        raw[1::7] = 0x0800  # -2048 as a 12-bit signed value
+        dataset.PixelData = raw.tobytes()
+        path = tmp_path / f"ct_{representation}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        got = _read_native(path, _header(path))
+        expected = pydicom.dcmread(path).pixel_array
+        assert got is not None and got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+        assert (got != raw.view(got.dtype).reshape(got.shape)).any(), "the test must exercise the correction"
+
+
+def test_native_read_declines_what_it_does_not_handle(tmp_path: Path) -> None:
+    compressed = _files("ct/totalsegmentator_example_ct_dicom")[0]  # JPEG 2000
+    assert _read_native(compressed, _header(compressed)) is None
+    source = _files("ct/philips_phantom_head_1mm")[0]
+    dataset = pydicom.dcmread(source)
+    dataset.DataSetTrailingPadding = b"\0" * 8  # an element after the pixel data
+    padded = tmp_path / "padded.dcm"
+    dataset.save_as(padded, enforce_file_format=True)
+    assert _read_native(padded, _header(padded)) is None
+    header = _header(source)
+    header.Rows = header.Rows + 1  # the file no longer matches its scanned header
+    assert _read_native(source, header) is None
+
+
+@pytest.mark.parametrize(
+    "relative",
+    ["seg/dcmqi_segmentations/liver.dcm", "seg/highdicom/seg_image_ct_binary_overlap.dcm",
+     "rtstruct/dicompyler_core_example/rtss.dcm"],
+)
+def test_pre_encoded_sequences_are_byte_identical(relative: str) -> None:
+    dataset = pydicom.dcmread(shared_path(relative))
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    for _ in dataset.iterall():  # parse every element, as for a dataset built in memory
+        pass
+    expected, fast = DicomBytesIO(), DicomBytesIO()
+    copy.deepcopy(dataset).save_as(expected, enforce_file_format=True)
+    pre_encoded = copy.deepcopy(dataset)
+    _pre_encode_sequences(pre_encoded)
+    assert any(element.is_raw for element in pre_encoded.elements()), "no sequence was pre-encoded"
+    pre_encoded.save_as(fast, enforce_file_format=True)
+    assert fast.getvalue() == expected.getvalue()
