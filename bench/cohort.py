@@ -95,7 +95,8 @@ SCAN_MEDHUB = """
 import resource, sys, time
 from pathlib import Path
 from medhub.scan import scan
-t = time.perf_counter(); result = scan(Path(sys.argv[1])); t = time.perf_counter() - t
+workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+t = time.perf_counter(); result = scan(Path(sys.argv[1]), workers=workers); t = time.perf_counter() - t
 print(t, result.files_seen, len(result.series), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 SCAN_FLOOR = """
@@ -111,8 +112,9 @@ print(t, n, 0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def scan_case(code: str, folder: Path) -> tuple[float, int, int]:
-    out = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, check=True).stdout
+def scan_case(code: str, folder: Path, *extra: str) -> tuple[float, int, int]:
+    command = [sys.executable, "-c", code, str(folder), *extra]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     seconds, files, _, rss_kb = out.split()
     return float(seconds), int(files), int(rss_kb)
 
@@ -164,9 +166,10 @@ def main() -> None:
         started = time.perf_counter()
         make_small_files(small, args.files)
         print(f"\nscan: {args.files} files of 8x8 ({time.perf_counter() - started:.1f} s to make)")
-        rows = {"medhub scan": [], "pydicom header-read floor": []}
+        rows = {"medhub scan": [], "medhub scan, 2 processes": [], "pydicom header-read floor": []}
         for _ in range(args.rounds):
             rows["medhub scan"].append(scan_case(SCAN_MEDHUB, small))
+            rows["medhub scan, 2 processes"].append(scan_case(SCAN_MEDHUB, small, "2"))
             rows["pydicom header-read floor"].append(scan_case(SCAN_FLOOR, small))
         print(f"{'case':<28}{'median s':>10}{'files/s':>10}{'peak RSS MB':>13}")
         medians = {}
@@ -175,8 +178,9 @@ def main() -> None:
             medians[name] = seconds
             rss = max(v[2] for v in values) / 1024
             print(f"{name:<28}{seconds:>10.1f}{values[0][1] / seconds:>10.0f}{rss:>13.0f}")
-        ratio = medians["medhub scan"] / medians["pydicom header-read floor"]
-        print(f"medhub scan / floor: {ratio:.2f}x")
+        floor = medians["pydicom header-read floor"]
+        print(f"medhub scan / floor: {medians['medhub scan'] / floor:.2f}x; "
+              f"with 2 processes: {medians['medhub scan, 2 processes'] / floor:.2f}x")
     print(f"\nbench process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

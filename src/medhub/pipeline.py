@@ -8,6 +8,7 @@ report with a status and, unless it succeeded, a reason.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -140,7 +141,9 @@ class Pipeline:
 
         progress = self.options.progress
         started = time.perf_counter()
-        result = scan(root, progress=lambda n: progress.event("scan_file", files=n))
+        # A cohort run (Dask) also reads headers in parallel; MEDHUB_SCAN_WORKERS sets it for any run.
+        scan_workers = min(os.cpu_count() or 1, 4) if (self.options.workers or self.options.scheduler) else None
+        result = scan(root, progress=lambda n: progress.event("scan_file", files=n), workers=scan_workers)
         self.report.timings["scan"] = round(time.perf_counter() - started, 4)
         self.report.files_seen = result.files_seen
         self.report.non_dicom_files = result.non_dicom_files
@@ -241,6 +244,8 @@ class Pipeline:
             entry.reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
             if self.options.debug:
                 entry.notes.append(traceback.format_exc())
+        finally:
+            series.release_headers()  # a cohort's headers must not pile up in memory
         return entry
 
     # -- NIfTI ---------------------------------------------------------------------------------
@@ -261,7 +266,12 @@ class Pipeline:
             target = self.options.output_dir / render_template(
                 self.options.template, self._fields(name, "", name, "", "", "", "")
             )
-            self._write_nifti(entry, prediction, volume, target)
+            if prediction.embedding is not None:  # embedding models
+                self._write_embedding(entry, prediction, volume, target)
+            if prediction.labels is not None:
+                self._write_nifti(entry, prediction, volume, target)
+            if prediction.labels is None and prediction.embedding is None:  # value-only models (few-shot heads)
+                self._write_values(entry, prediction, volume, target)
             entry.status = Status.SUCCEEDED
         except MedhubError as exc:
             entry.status, entry.reason = Status.FAILED, str(exc)
@@ -276,7 +286,7 @@ class Pipeline:
             runner = loaded_runner(self.model, self.options.device, params)
         with self._step(entry, "predict"):
             prediction = runner.predict(volume, params)
-        if prediction.labels.shape != volume.array.shape:
+        if prediction.labels is not None and prediction.labels.shape != volume.array.shape:
             raise MedhubError(
                 f"model {self.model.card.id} returned labels of shape {prediction.labels.shape} "
                 f"for a volume of shape {volume.array.shape}"
@@ -291,6 +301,13 @@ class Pipeline:
         from medhub.segdb import get_segment
 
         base = self.options.output_dir / render_template(self.options.template, fields)
+        if prediction.embedding is not None:  # embedding models: vector + sidecar, no SEG/RTSTRUCT without labels
+            self._write_embedding(entry, prediction, volume, base)
+            if prediction.labels is None:
+                return
+        if prediction.labels is None:  # value-only models (few-shot heads): JSON + CSV, DICOM SR with write_sr
+            self._write_values(entry, prediction, volume, base)
+            return
         source = volume.source
         wants_dicom = self.workflow.runs("write_seg") or self.workflow.runs("write_rtstruct")
         if wants_dicom and source is not None and not source.referenceable:
@@ -336,6 +353,29 @@ class Pipeline:
             write_nifti(prediction.labels, volume.affine_lps, temporary.with_name(temporary.name + suffix))
             temporary.with_name(temporary.name + suffix).replace(temporary)
         entry.outputs.append(str(final.relative_to(self.options.output_dir)))
+
+    def _write_embedding(self, entry: SeriesEntry, prediction: Prediction, volume: Volume, base: Path) -> None:
+        """``<base>.embedding.npy`` + ``<base>.embedding.json`` (see :mod:`medhub.embeddings`)."""
+        from medhub.embeddings import write_embedding
+
+        with self._step(entry, "write_embedding"):
+            paths = write_embedding(base, prediction.embedding, volume)
+        entry.outputs.extend(str(path.relative_to(self.options.output_dir)) for path in paths)
+        if prediction.embedding.cached:
+            entry.notes.append(f"embedding read from the cache (key {prediction.embedding.key[:16]})")
+
+    def _write_values(self, entry: SeriesEntry, prediction: Prediction, volume: Volume, base: Path) -> None:
+        """``<base>.values.json`` + ``.values.csv``, and ``<base>.sr.dcm`` if the workflow runs ``write_sr``.
+
+        See :mod:`medhub.heads.outputs`; a source without UIDs or a NIfTI input gets a note instead of the SR.
+        """
+        from medhub.heads.outputs import write_value_outputs
+
+        with self._step(entry, "write_sr" if self.workflow.runs("write_sr") else "write_values"):
+            written = write_value_outputs(base, volume, prediction.values, self.model.card, series_key=entry.key,
+                                          write_sr=self.workflow.runs("write_sr"))
+        entry.outputs.extend(str(path.relative_to(self.options.output_dir)) for path in written.paths)
+        entry.notes.extend(written.notes)
 
     @contextmanager
     def _step(self, entry: SeriesEntry, step: str) -> Iterator[None]:

@@ -18,6 +18,7 @@ import io
 import os
 import struct
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -90,22 +91,112 @@ def _sorted_entries(folder: Path) -> list[os.DirEntry[str]]:
         raise MedhubError(f"{folder}: cannot list folder ({exc.strerror})") from exc
 
 
-def scan(root: Path, progress: Callable[[int], None] | None = None) -> ScanResult:
+RELEASE_HEADERS_ABOVE = 2000
+"""Files: above this many, only the first header of each series stays in memory (bounded memory)."""
+
+_CHUNK = 256  # files per task in a parallel scan
+
+
+def scan(root: Path, progress: Callable[[int], None] | None = None, *, workers: int | None = None,
+         keep_headers: bool | None = None) -> ScanResult:
     """Read the headers of all DICOM files under ``root`` and group them into series.
 
-    ``progress`` is called after each file with the number of files handled so far (use
-    :func:`iter_files` first if a total is needed for a progress bar).
+    ``progress`` is called with the number of files handled so far (use :func:`iter_files`
+    first if a total is needed for a progress bar). The walk is streamed: files are read as
+    they are found. ``workers`` > 1 reads headers in that many processes (default: the
+    ``MEDHUB_SCAN_WORKERS`` environment variable, else 1). ``keep_headers`` keeps every header in
+    memory; by default they are kept up to :data:`RELEASE_HEADERS_ABOVE` files and released
+    beyond (re-read on demand), so a tree of 10^5 files stays within a bounded footprint.
     """
     root = Path(root)
     result = ScanResult(root=root)
     groups: dict[str, list[Instance]] = {}
-    for path in iter_files(root):
-        result.files_seen += 1
-        _scan_file(path, result, groups)
-        if progress is not None:
-            progress(result.files_seen)
+    workers = workers if workers is not None else int(os.environ.get("MEDHUB_SCAN_WORKERS", "1") or 1)
+    if workers > 1:
+        _scan_parallel(root, result, groups, workers, progress)
+    else:
+        releasing = keep_headers is False
+        for path in iter_files(root):
+            result.files_seen += 1
+            key = _scan_file(path, result, groups)
+            if not releasing and keep_headers is None and result.files_seen > RELEASE_HEADERS_ABOVE:
+                releasing = True
+                for members in groups.values():
+                    for instance in members[1:]:
+                        instance.release()
+            if releasing and key is not None and len(groups[key]) > 1:
+                groups[key][-1].release()
+            if progress is not None:
+                progress(result.files_seen)
     result.series = [make_series(key, instances) for key, instances in groups.items()]
     return result
+
+
+def _scan_parallel(root: Path, result: ScanResult, groups: dict[str, list[Instance]], workers: int,
+                   progress: Callable[[int], None] | None) -> None:
+    """Read headers in worker processes; only light records come back (headers are re-read on demand)."""
+    import multiprocessing
+    import threading
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    # fork is cheapest, but not safe in a process that runs threads (the service): spawn there.
+    method = "fork" if threading.active_count() == 1 else "spawn"
+    pending: set[Future[_ChunkResult]] = set()
+
+    def absorb(done: set[Future[_ChunkResult]]) -> None:
+        for future in done:
+            chunk = future.result()
+            result.files_seen += chunk.files
+            result.non_dicom_files += chunk.non_dicom
+            result.dicomdir_files += chunk.dicomdir
+            result.unreadable.extend(UnreadableFile(Path(path), reason) for path, reason in chunk.unreadable)
+            for key, path, sop, sop_class, syntax, frames, number, study in chunk.instances:
+                instance = Instance(Path(path), None, sop, sop_class, syntax, frames, number, study)
+                groups.setdefault(key, []).append(instance)
+            if progress is not None:
+                progress(result.files_seen)
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
+        batch: list[str] = []
+        for path in iter_files(root):
+            batch.append(str(path))
+            if len(batch) == _CHUNK:
+                pending.add(pool.submit(_scan_chunk, batch))
+                batch = []
+                if len(pending) >= 2 * workers:  # bounded: the walk waits for the readers
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    absorb(done)
+        if batch:
+            pending.add(pool.submit(_scan_chunk, batch))
+        absorb(set(wait(pending).done))
+    # Chunks finish in any order: restore the walk's order so results do not depend on timing.
+    order = {key: min(str(i.path) for i in members) for key, members in groups.items()}
+    for key in sorted(groups, key=order.__getitem__):
+        groups[key] = groups.pop(key)
+
+
+@dataclass
+class _ChunkResult:
+    files: int = 0
+    non_dicom: int = 0
+    dicomdir: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    instances: list[tuple[str, str, str, str, str, int, int | None, str]] = field(default_factory=list)
+
+
+def _scan_chunk(paths: list[str]) -> _ChunkResult:
+    """Worker side of a parallel scan: classify files, return light instance records."""
+    partial = ScanResult(root=Path("."))
+    groups: dict[str, list[Instance]] = {}
+    for path in paths:
+        _scan_file(Path(path), partial, groups)
+    chunk = _ChunkResult(files=len(paths), non_dicom=partial.non_dicom_files, dicomdir=partial.dicomdir_files,
+                         unreadable=[(str(u.path), u.reason) for u in partial.unreadable])
+    for key, members in groups.items():
+        for i in members:
+            chunk.instances.append((key, str(i.path), i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid,
+                                    i.number_of_frames, i.instance_number, i.study_instance_uid))
+    return chunk
 
 
 def scan_files(paths: list[Path]) -> ScanResult:
@@ -126,40 +217,42 @@ def scan_files(paths: list[Path]) -> ScanResult:
 # One file
 
 
-def _scan_file(path: Path, result: ScanResult, groups: dict[str, list[Instance]]) -> None:
-    """Classify one file and, when it is a DICOM instance, add it to its series group."""
+def _scan_file(path: Path, result: ScanResult, groups: dict[str, list[Instance]]) -> str | None:
+    """Classify one file and, when it is a DICOM instance, add it to its series group (returns the key)."""
     if path.name.upper() == "DICOMDIR":
         result.dicomdir_files += 1
-        return
+        return None
     try:
         with open(path, "rb") as fp:
             head = fp.read(132)
             has_preamble = len(head) == 132 and head[128:132] == b"DICM"
             if not has_preamble and not _looks_like_raw_dataset(head):
                 result.non_dicom_files += 1
-                return
+                return None
             fp.seek(0)
             size = os.fstat(fp.fileno()).st_size
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
             except Exception as exc:  # pydicom raises many types on corrupt input
                 result.unreadable.append(UnreadableFile(path, f"{path}: {_parse_failure(exc)}"))
-                return
+                return None
             if not has_preamble and not _plausible_dataset(ds):
                 result.non_dicom_files += 1
-                return
+                return None
             if _media_sop_class(ds) == MEDIA_STORAGE_DIRECTORY:
                 result.dicomdir_files += 1
-                return
+                return None
             problem = _truncation(ds, fp, size)
     except OSError as exc:
         result.unreadable.append(UnreadableFile(path, f"{path}: cannot read file ({exc.strerror})"))
-        return
+        return None
     if problem:
         result.unreadable.append(UnreadableFile(path, f"{path}: truncated file: {problem}"))
-        return
+        return None
     instance = _make_instance(path, ds)
-    groups.setdefault(_group_key(path, ds), []).append(instance)
+    key = _group_key(path, ds)
+    groups.setdefault(key, []).append(instance)
+    return key
 
 
 def _parse_failure(exc: Exception) -> str:
@@ -437,11 +530,9 @@ def sop_class_keyword(uid: str) -> str:
 
 
 def _instance_sort_key(instance: Instance) -> tuple[int, int, str]:
-    number = instance.header.get("InstanceNumber")
-    try:
-        return (0, int(number), str(instance.path))
-    except (TypeError, ValueError):
+    if instance.instance_number is None:
         return (1, 0, str(instance.path))
+    return (0, instance.instance_number, str(instance.path))
 
 
 def make_series(key: str, instances: list[Instance]) -> Series:
@@ -452,7 +543,7 @@ def make_series(key: str, instances: list[Instance]) -> Series:
     instances.sort(key=_instance_sort_key)
     first = instances[0].header
     uid = _text(first, "SeriesInstanceUID")
-    studies = {_text(i.header, "StudyInstanceUID") for i in instances}
+    studies = {i.study_instance_uid for i in instances}
     study = studies.pop() if len(studies) == 1 else ""
     series = Series(
         key=key,

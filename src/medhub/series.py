@@ -10,24 +10,69 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
 
 
-@dataclass
 class Instance:
     """One DICOM file, read with ``stop_before_pixels``.
 
     ``sop_instance_uid`` and ``sop_class_uid`` fall back to the file meta
     (MediaStorageSOPInstanceUID / MediaStorageSOPClassUID) when the dataset's own values are
     empty, as in real exports such as TotalSegmentator's example CT.
+
+    The header may be *released* to keep a scan of 10^5 files in bounded memory: the fields
+    grouping and sorting need are kept, and ``header`` re-reads the file when asked again.
     """
 
-    path: Path
-    header: Dataset
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    number_of_frames: int = 1
+    __slots__ = ("path", "_header", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid",
+                 "number_of_frames", "instance_number", "study_instance_uid")
+
+    def __init__(self, path: Path, header: Dataset | None, sop_instance_uid: str, sop_class_uid: str,
+                 transfer_syntax_uid: str, number_of_frames: int = 1, instance_number: int | None = None,
+                 study_instance_uid: str | None = None) -> None:
+        self.path = Path(path)
+        self._header = header
+        self.sop_instance_uid = sop_instance_uid
+        self.sop_class_uid = sop_class_uid
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.number_of_frames = number_of_frames
+        if header is not None:
+            if instance_number is None:
+                instance_number = _int_or_none(header.get("InstanceNumber"))
+            if study_instance_uid is None:
+                study_instance_uid = str(header.get("StudyInstanceUID", "") or "").strip()
+        self.instance_number = instance_number
+        self.study_instance_uid = study_instance_uid or ""
+
+    @property
+    def header(self) -> Dataset:
+        """The header (no pixels); re-read from the file if it was released."""
+        if self._header is None:
+            self._header = pydicom.dcmread(self.path, stop_before_pixels=True, force=True)
+        return self._header
+
+    @header.setter
+    def header(self, value: Dataset) -> None:
+        self._header = value
+
+    @property
+    def header_loaded(self) -> bool:
+        return self._header is not None
+
+    def release(self) -> None:
+        """Drop the header from memory; the next access to ``header`` re-reads it."""
+        self._header = None
+
+    def __repr__(self) -> str:
+        return f"Instance({str(self.path)!r}, sop_instance_uid={self.sop_instance_uid!r})"
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass
@@ -59,6 +104,11 @@ class Series:
     @property
     def first_header(self) -> Dataset:
         return self.instances[0].header
+
+    def release_headers(self, keep_first: bool = True) -> None:
+        """Drop instance headers from memory (they are re-read on demand); see :class:`Instance`."""
+        for instance in self.instances[1 if keep_first else 0:]:
+            instance.release()
 
     @property
     def number_of_images(self) -> int:
