@@ -21,11 +21,14 @@ class Prediction:
 
     ``labels`` is an integer label map with exactly the shape of ``Volume.array`` (0 =
     background); ``segments`` maps each label value to a segment database ID.
+    An embedding model (:mod:`medhub.embeddings`) sets ``embedding`` (an
+    ``EmbeddingResult``) and leaves ``labels`` None: there is no label map to write.
     """
 
-    labels: np.ndarray
+    labels: np.ndarray | None
     segments: dict[int, str]
     values: dict[str, Any] = field(default_factory=dict)  # scalar results (e.g. volumes in ml)
+    embedding: Any = None  # medhub.embeddings.EmbeddingResult, for embedding models only
 
 
 class ModelRunner(Protocol):
