@@ -43,7 +43,7 @@ _QUERY_PATTERN = re.compile(r"^[a-z]+(:[A-Za-z0-9_]+=[^:]+)*$")
 _GENERATOR_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 TrainingType = Literal["supervised", "self-supervised", "semi-supervised", "unsupervised", "algorithmic"]
-Task = Literal["segmentation", "classification", "regression", "detection"]
+Task = Literal["segmentation", "classification", "regression", "detection", "embedding"]
 Device = Literal["cpu", "cuda", "mps"]
 
 
