@@ -296,7 +296,7 @@ def _exit_without_teardown(code: object) -> None:
 
 
 # The hub's commands (models, info, pull, new, check, schema) and `serve` register themselves on ``app``.
-from medhub import cli_hub, cli_serve  # noqa: E402, F401
+from medhub import cli_heads, cli_hub, cli_serve  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from medhub.errors import MedhubError
 
-KNOWN_STEPS = ("select", "load", "predict", "write_seg", "write_rtstruct", "write_nifti")
+KNOWN_STEPS = ("select", "load", "predict", "write_seg", "write_rtstruct", "write_nifti", "write_sr")
 
 
 class WorkflowGeneral(BaseModel):

@@ -144,10 +144,17 @@ def _plugin_entries(problems: list[str]) -> list[ModelEntry]:
     return entries
 
 
+def _head_entries(problems: list[str]) -> list[ModelEntry]:
+    """Few-shot heads trained with ``medhub heads train`` (imported here: the registry imports the catalog)."""
+    from medhub.heads.registry import head_entries
+
+    return head_entries(problems)
+
+
 def _all_entries() -> dict[str, ModelEntry]:
     problems: list[str] = []
     found: dict[str, ModelEntry] = {}
-    for entry in _builtin_entries(problems) + _plugin_entries(problems):
+    for entry in _builtin_entries(problems) + _plugin_entries(problems) + _head_entries(problems):
         if entry.id in found:
             if found[entry.id].path.resolve() != entry.path.resolve():  # the same package twice is harmless
                 problems.append(f"two models have the id '{entry.id}': {found[entry.id].path} and {entry.path}; "

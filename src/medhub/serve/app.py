@@ -221,6 +221,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.jobs = service
     _install_error_handlers(app)
     app.include_router(api_router)
+    from medhub.serve.heads_api import router as heads_router  # few-shot heads: train, list, predict
+
+    app.include_router(heads_router)
     web = _web_router()
     if web is not None:
         app.include_router(web)

@@ -40,7 +40,11 @@ from medhub.workflow import Workflow, apply_overrides, load_workflow_file
 log = logging.getLogger("medhub.serve")
 
 STOPPED_NOTE = "the server stopped during this job; queued again"
-RESULT_KINDS = ((".seg.dcm", "seg"), (".rtstruct.dcm", "rtstruct"), (".nii.gz", "nifti"), (".nii", "nifti"))
+RESULT_KINDS = (
+    (".seg.dcm", "seg"), (".rtstruct.dcm", "rtstruct"), (".sr.dcm", "sr"), (".nii.gz", "nifti"), (".nii", "nifti"),
+    (".values.json", "values"), (".values.csv", "values"), (".embedding.npy", "embedding"),
+    (".embedding.json", "embedding"),
+)
 
 
 class JobOptions(BaseModel):

@@ -1,0 +1,73 @@
+"""The one runner that serves every head: embed the volume with the head's encoder, apply the head.
+
+The catalog gives each head a :class:`~medhub.heads.registry.HeadEntry` that constructs this
+runner with the head's folder. Where a runner is made without one (``medhub check``, an
+isolated worker), ``load`` takes the head from the workflow's predict parameter ``head``
+(a name under the heads root, or a folder).
+
+``predict`` returns a :class:`~medhub.models.base.Prediction` without a label map
+(``labels=None``): the result is values, written by the pipeline as JSON, CSV and, for DICOM
+with UIDs, a DICOM SR (:mod:`medhub.heads.outputs`). ``values`` hold ``predicted_class``,
+one ``probability_<class>`` per class (in the head's class order) and the ``encoder`` (id and version).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medhub.errors import MedhubError
+from medhub.models.base import Prediction
+from medhub.volume import Volume
+
+
+class Runner:
+    """Loads one head (and, through the embeddings module, its encoder) once; predicts per series."""
+
+    def __init__(self, head_dir: Path | None = None) -> None:
+        self.head_dir = None if head_dir is None else Path(head_dir)
+        self.head: Any = None
+        self.device = "cpu"
+
+    def load(self, device: str, params: dict[str, Any]) -> None:
+        from medhub.heads.model import load_head
+        from medhub.heads.registry import find_head
+
+        folder = self.head_dir
+        if folder is None:
+            given = params.get("head")
+            if not given:
+                raise MedhubError("the head runner needs the head: set predict.head=NAME (or use medhub run NAME)")
+            folder = find_head(str(given))
+        self.head = load_head(folder)
+        self.device = device
+        _check_encoder_version(self.head)
+
+    def predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
+        from medhub.embeddings import embed
+
+        if self.head is None:
+            raise MedhubError("head runner: predict called before load")
+        result = embed(self.head.encoder, volume, cache=True, device=self.device)
+        probabilities = self.head.predict_proba(result.vector)[0]
+        classes = self.head.classes
+        best = classes[int(probabilities.argmax())]
+        values: dict[str, Any] = {"predicted_class": best}
+        values.update({f"probability_{c}": round(float(p), 6) for c, p in zip(classes, probabilities, strict=True)})
+        values["encoder"] = f"{self.head.encoder} {self.head.meta.get('encoder_version', '')}".strip()
+        return Prediction(labels=None, segments={}, values=values)  # type: ignore[arg-type]
+
+
+def _check_encoder_version(head: Any) -> None:
+    """A head is only valid on the encoder version it was trained on: refuse a different one."""
+    from medhub.models.catalog import get_model
+
+    trained = str(head.meta.get("encoder_version", ""))
+    try:
+        installed = str(get_model(head.encoder).card.version)
+    except MedhubError:
+        raise MedhubError(f"head {head.name} needs the encoder model '{head.encoder}', which is not installed"
+                          ) from None
+    if trained and installed != trained:
+        raise MedhubError(f"head {head.name} was trained on {head.encoder} {trained}, but {installed} is installed; "
+                          f"retrain it with medhub heads train --force")
