@@ -145,7 +145,8 @@ def test_label_mapping_matches_lungmasks_own_class_map():
     card = get_model("lungmask").card
     assert [w.url for w in card.weights] == [url]
     assert card.weights[0].sha256.startswith(re.search(r"-([0-9a-f]{8})\.pth$", url).group(1))  # torch.hub's prefix
-    readme = importlib.metadata.metadata("lungmask").get_payload()
+    # The raw METADATA text: its body is lungmask's README (get_payload() depends on email parsing state).
+    readme = importlib.metadata.distribution("lungmask").read_text("METADATA") or ""
     documented = dict(re.findall(r"(\d) = (Right|Left) lung", readme.split("Two label models")[1][:200]))
     assert documented == {"1": "Right", "2": "Left"}
     assert card.outputs.segments == {1: "RIGHT_LUNG", 2: "LEFT_LUNG"} == lungmask_runner.R231_SEGMENTS
