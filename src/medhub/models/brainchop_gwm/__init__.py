@@ -1,0 +1,1 @@
+"""brainchop-gwm: brainchop's MeshNet model5_gw_ae (grey and white matter) as a medhub model."""

@@ -1,0 +1,1 @@
+"""brainchop-mindgrab: brainchop's MeshNet mindgrab (brain mask) as a medhub model."""

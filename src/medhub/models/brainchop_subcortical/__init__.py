@@ -1,0 +1,1 @@
+"""brainchop-subcortical: brainchop's MeshNet model18cls (17 brain structures) as a medhub model."""
