@@ -38,6 +38,7 @@ that a later run would use.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -172,7 +173,7 @@ def env_spec(card: Any) -> dict[str, Any]:
         "worker": sorted(medhub_requirement(name) for name in WORKER_PACKAGES),
         "python": f"{sys.implementation.name}-{'.'.join(map(str, sys.version_info[:3]))}",
         "reused": reused,
-        "main_site": main_site_packages() if reused else [],
+        "main_site": main_site_packages(list(reused)) if reused else [],
     }
 
 
@@ -195,9 +196,17 @@ def env_ready(env: Path) -> bool:
     return (env / MARKER).is_file() and env_python(env).exists()
 
 
-def main_site_packages() -> list[str]:
-    """The running environment's site-packages folders (purelib and platlib, deduplicated)."""
+def main_site_packages(packages: list[str] | None = None) -> list[str]:
+    """The running environment's site-packages folders (purelib and platlib, deduplicated).
+
+    Plus the folders the given packages are actually imported from: in a venv made with
+    ``--system-site-packages`` torch lives in the base interpreter's site-packages, not the venv's.
+    """
     paths = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    for name in packages or []:
+        spec = importlib.util.find_spec(name.replace("-", "_"))
+        if spec is not None and spec.origin:
+            paths.append(str(Path(spec.origin).resolve().parent.parent))
     return list(dict.fromkeys(str(Path(p).resolve()) for p in paths))
 
 
