@@ -24,14 +24,13 @@ to disk and neither niimath nor tinygrad is needed.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.models.base import Prediction
+from medhub.models.base import Prediction, available_cpus
 from medhub.models.card import ModelCard, load_card
 from medhub.models.catalog import require_module
 from medhub.volume import Volume
@@ -249,13 +248,6 @@ def colormap_segments(path: Path) -> dict[int, str]:
 # --------------------------------------------------------------------------- the runner
 
 
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 class BrainchopRunner:
     """Runner of one brainchop MeshNet model; a subclass names its card and weights folder.
 
@@ -300,7 +292,7 @@ class BrainchopRunner:
         require_module("scipy", self.model_id)
         if device not in ("cpu", "cuda", "mps"):
             raise MedhubError(f"model {self.model_id}: unknown device '{device}' (use cpu, cuda or mps)")
-        torch.set_num_threads(max(1, int(params.get("threads") or _available_cpus())))
+        torch.set_num_threads(max(1, int(params.get("threads") or available_cpus())))
         from medhub.nets.meshnet import load_meshnet
 
         paths = self.weight_paths()

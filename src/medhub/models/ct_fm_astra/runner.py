@@ -9,7 +9,6 @@ embeddings are all cached never loads it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from medhub.embeddings import embed_with
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.models.base import Prediction
+from medhub.models.base import Prediction, available_cpus
 from medhub.models.card import load_card
 from medhub.models.catalog import require_module
 from medhub.models.ct_fm_astra.preprocess import Preprocessing, preprocess
@@ -27,13 +26,6 @@ from medhub.volume import Volume
 MODEL_ID = "ct-fm-astra"
 #: What is averaged into the vector: documented in the sidecar next to the preprocessing.
 POOLING = "mean of the final (post-ReLU) layer4 feature map over all positions (10x7x7 for 224x224x160)"
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class Runner:
@@ -51,7 +43,7 @@ class Runner:
         torch = require_module("torch", MODEL_ID)
         if device not in ("cpu", "cuda"):
             raise MedhubError(f"model {MODEL_ID}: unsupported device '{device}' (use cpu or cuda)")
-        threads = int(params.get("threads") or _available_cpus())
+        threads = int(params.get("threads") or available_cpus())
         torch.set_num_threads(max(1, threads))
         self._device = device
         self._weights = encoder_weights(MODEL_ID, [spec for spec in self._card.weights if spec.bundled_in])

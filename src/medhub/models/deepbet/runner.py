@@ -9,24 +9,16 @@ models never pays for them.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.models.base import Prediction
+from medhub.models.base import Prediction, available_cpus, brain_mask_prediction
 from medhub.models.catalog import require_module
 from medhub.volume import Volume
 
 MODEL_ID = "deepbet"
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class Runner:
@@ -45,7 +37,7 @@ class Runner:
         torch = require_module("torch", MODEL_ID, extra="deepbet")
         deepbet = require_module("deepbet", MODEL_ID, extra="deepbet")
         self._nib = require_module("nibabel", MODEL_ID)
-        threads = int(params.get("threads") or _available_cpus())
+        threads = int(params.get("threads") or available_cpus())
         torch.set_num_threads(max(1, threads))
         if device not in ("cpu", "cuda", "mps"):
             raise MedhubError(f"model {MODEL_ID}: unknown device '{device}' (use cpu, cuda or mps)")
@@ -73,12 +65,4 @@ class Runner:
         except AssertionError as exc:  # deepbet asserts when its bounding-box network finds no head
             raise SeriesSkipped(f"deepbet found no brain in this series ({exc})") from None
         mask = np.asarray(mask_image.dataobj).astype(bool)
-        if mask.shape != volume.array.shape:  # deepbet's contract; guard it, a shifted mask is worse than none
-            raise MedhubError(f"model {MODEL_ID}: mask shape {mask.shape} differs from volume {volume.array.shape}")
-
-        voxel_ml = abs(float(np.linalg.det(volume.affine_lps[:3, :3]))) / 1000.0
-        return Prediction(
-            labels=mask.astype(np.uint8),
-            segments={1: "BRAIN"},
-            values={"brain_volume_ml": round(float(mask.sum()) * voxel_ml, 3)},
-        )
+        return brain_mask_prediction(mask, volume, MODEL_ID)

