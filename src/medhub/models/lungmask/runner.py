@@ -43,12 +43,7 @@ def card() -> ModelCard:
 
 def weight_files() -> list[WeightFile]:
     """The card's weights as the weights manager wants them (one file: the R231 state dict)."""
-    files = []
-    for spec in card().weights:
-        if spec.url is None or spec.sha256 is None:
-            raise MedhubError(f"{CARD_PATH}: weights entry {spec.name} needs both url and sha256")
-        files.append(WeightFile(name=spec.name, url=spec.url, sha256=spec.sha256))
-    return files
+    return [spec.weight_file() for spec in card().weights]
 
 
 def volume_to_sitk(volume: Volume, sitk: Any) -> Any:

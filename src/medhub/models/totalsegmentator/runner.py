@@ -81,12 +81,7 @@ def card() -> ModelCard:
 
 def weight_files() -> list[WeightFile]:
     """The card's (SHA-256 pinned) weights as the weights manager wants them."""
-    files = []
-    for spec in card().weights:
-        if spec.url is None or spec.sha256 is None:
-            raise MedhubError(f"{CARD_PATH}: weights entry {spec.name} needs both url and sha256")
-        files.append(WeightFile(name=spec.name, url=spec.url, sha256=spec.sha256, size=getattr(spec, "size", None)))
-    return files
+    return [spec.weight_file() for spec in card().weights]
 
 
 def dataset_id(zip_name: str) -> int:
