@@ -17,9 +17,11 @@ naming each series by SeriesInstanceUID, folder or NIfTI file name inside the up
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -49,6 +51,22 @@ def _scratch(request: Request) -> Path:
     root = Path(_settings(request).data_dir) / "heads-work"
     root.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="heads-", dir=root))
+
+
+@contextlib.asynccontextmanager
+async def _answering(request: Request, form: Any) -> AsyncIterator[Path]:
+    """A scratch folder for one upload request, removed with the form afterwards; a MedhubError from the
+    work (bad labels, no usable series) becomes a 422 carrying its one line."""
+    work = _scratch(request)
+    try:
+        yield work
+    except ApiError:
+        raise
+    except MedhubError as exc:
+        raise ApiError(422, str(exc)) from None
+    finally:
+        await form.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _save(request: Request, uploads: list[Upload], target: Path) -> Path:
@@ -134,8 +152,7 @@ async def train(request: Request) -> dict[str, Any]:
     """Train a head: form fields name, encoder (ct-fm-astra), classifier (logreg|linear), folds (5), seed, force;
     files: ``labels`` (labels.csv) and ``files`` (the labelled series: DICOM files or zips)."""
     fields, files, form = await _form(request, _TRAIN_FIELDS, ("labels", "files"))
-    work = _scratch(request)
-    try:
+    async with _answering(request, form) as work:
         if not fields.get("name"):
             raise ApiError(422, "form field 'name' is required (the head's name, e.g. 'nodule-head')")
         if len(files["labels"]) != 1:
@@ -153,13 +170,6 @@ async def train(request: Request) -> dict[str, Any]:
         }
         head = await run_in_threadpool(_train_locked, labels, input_dir, fields["name"], options)
         return {**_head_summary(head.path), "metrics": head.metrics}
-    except MedhubError as exc:
-        if isinstance(exc, ApiError):
-            raise
-        raise ApiError(422, str(exc)) from None
-    finally:
-        await form.close()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _train_locked(labels: Path, input_dir: Path, name: str, options: dict[str, Any]) -> Any:
@@ -174,18 +184,10 @@ async def predict(name: HEAD_NAME, request: Request) -> dict[str, Any]:
     """Apply a head to uploaded series (DICOM files, zips, or one NIfTI): class probabilities per series."""
     folder = _find(name)
     _, files, form = await _form(request, (), ("files",))
-    work = _scratch(request)
-    try:
+    async with _answering(request, form) as work:
         source = _save(request, files["files"], work / "input")
         return await run_in_threadpool(_predict_locked, folder.name, source, work / "output",
                                        _settings(request).device)
-    except MedhubError as exc:
-        if isinstance(exc, ApiError):
-            raise
-        raise ApiError(422, str(exc)) from None
-    finally:
-        await form.close()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _predict_locked(name: str, source: Path, output: Path, device: str) -> dict[str, Any]:
