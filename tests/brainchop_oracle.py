@@ -41,6 +41,7 @@ def slow_oracle_skipped(model_id: str) -> str | None:
                 f"set {SLOW_ORACLE_VARIABLE}=1 to compare with it")
     return None
 
+
 ORACLE_PIPELINE = """
     import sys, time, numpy as np
     from brainchop.api import load, segment
