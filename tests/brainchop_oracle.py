@@ -149,10 +149,11 @@ class BackgroundOracle:
 
     def _keep(self, name: str, folder: Path) -> None:
         """Copy a finished run into the cache; the .npy appears last and whole (rename), so it marks completion."""
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.out_dir / f"{name}.seconds", folder / f"{name}.seconds")
-        shutil.copyfile(self.out_dir / f"{name}.npy", folder / f"{name}.partial.npy")
-        os.replace(folder / f"{name}.partial.npy", folder / f"{name}.npy")
+        from medhub.output import atomic_output
+
+        for suffix in (".seconds", ".npy"):
+            with atomic_output(folder / f"{name}{suffix}") as temporary:
+                shutil.copyfile(self.out_dir / f"{name}{suffix}", temporary)
 
     def _wait_for(self, target: Path, timeout: float) -> None:
         import time

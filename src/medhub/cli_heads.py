@@ -120,8 +120,10 @@ def evaluate(
 
     metrics = evaluate_head(name, labels, input, echo=None if json_output else _say)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(metrics, indent=2) + "\n")
+        from medhub.output import atomic_output
+
+        with atomic_output(output) as temporary:  # an interrupted run leaves no half-written metrics file
+            temporary.write_text(json.dumps(metrics, indent=2) + "\n")
     if json_output:
         console.print_json(json.dumps(metrics))
         return

@@ -41,6 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from medhub.errors import MedhubError
+from medhub.output import atomic_output
 from medhub.volume import Volume
 
 ENV_CACHE = "MEDHUB_CACHE"
@@ -155,19 +156,9 @@ class EmbeddingCache:
 
     def put(self, key: str, vector: np.ndarray, feature_map: np.ndarray | None) -> None:
         """Store atomically (temp file + rename); a read-only or full cache is not an error, just no cache."""
-        path = self.path(key)
         arrays = {"vector": vector} if feature_map is None else {"vector": vector, "feature_map": feature_map}
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(temporary, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.replace(temporary, path)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
+        with contextlib.suppress(OSError), atomic_output(self.path(key)) as temporary, open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
 
 
 # --------------------------------------------------------------------------- computing
@@ -315,7 +306,6 @@ def write_embedding(base: Path, result: EmbeddingResult, volume: Volume) -> list
 
     Returns the written paths, JSON last: a reader that finds the sidecar finds its arrays too.
     """
-    from medhub.output import atomic_output
 
     written: list[Path] = []
     arrays = [(".embedding.npy", result.vector)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,9 +47,13 @@ def render_template(template: str, fields: dict[str, object]) -> Path:
 
 @contextlib.contextmanager
 def atomic_output(final: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds."""
+    """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds.
+
+    The temporary name holds the process and thread, so threads of ``medhub serve`` writing the
+    same file never share one.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = final.with_name(f".{final.name}.{os.getpid()}.partial")
+    temporary = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.partial")
     try:
         yield temporary
         os.replace(temporary, final)
@@ -58,7 +63,7 @@ def atomic_output(final: Path) -> Iterator[Path]:
 
 
 def remove_stale_partials(output_dir: Path) -> int:
-    """Delete temporary files a killed run left behind (only medhub's own ``.NAME.PID.partial``)."""
+    """Delete temporary files a killed run left behind (only medhub's own ``.NAME.PID.THREAD.partial``)."""
     removed = 0
     for stale in output_dir.rglob(".*.partial"):
         with contextlib.suppress(OSError):

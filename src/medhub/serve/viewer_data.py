@@ -24,7 +24,6 @@ import contextlib
 import gzip
 import json
 import math
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
 from medhub.errors import MedhubError
-from medhub.output import safe_component
+from medhub.output import atomic_output, safe_component
 from medhub.report import REPORT_NAME
 from medhub.volume import LPS_TO_RAS, Volume
 
@@ -340,13 +339,8 @@ def _fresh(files: ViewerFiles, stamp: dict[str, Any]) -> bool:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    try:
+    with atomic_output(path) as temporary:
         temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
 
 
 def _build(files: ViewerFiles, volume: Volume, labels: np.ndarray, stamp: dict[str, Any],
