@@ -27,7 +27,7 @@ import numpy as np
 
 def make_cohort(folder: Path, series: int) -> None:
     """``series`` small CT series with their own UIDs in one flat folder (skipped if already there)."""
-    from medhub.synth import write_dicom_series
+    from medhub.inputs.synth import write_dicom_series
 
     marker = folder / f".complete-{series}"
     if marker.exists():
@@ -59,7 +59,7 @@ def make_small_files(folder: Path, count: int) -> None:
     import pydicom
     from pydicom.uid import generate_uid
 
-    from medhub.synth import write_dicom_series
+    from medhub.inputs.synth import write_dicom_series
 
     marker = folder / f".complete-{count}"
     if marker.exists():
@@ -94,7 +94,7 @@ def timed(command: list[str]) -> tuple[float, int]:
 SCAN_MEDHUB = """
 import resource, sys, time
 from pathlib import Path
-from medhub.scan import scan
+from medhub.inputs.scan import scan
 workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 t = time.perf_counter(); result = scan(Path(sys.argv[1]), workers=workers); t = time.perf_counter() - t
 print(t, result.files_seen, len(result.series), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -50,10 +50,10 @@ def _peak_rss_mb() -> float:
 
 def _load(path: Path):
     """The input as a Volume: the largest series of a DICOM folder, or a NIfTI file."""
-    from medhub.load import load_series
-    from medhub.nifti_input import load_nifti
-    from medhub.pipeline import is_nifti
-    from medhub.scan import scan
+    from medhub.inputs.load import load_series
+    from medhub.inputs.nifti import load_nifti
+    from medhub.inputs.scan import scan
+    from medhub.pipeline.run import is_nifti
 
     if is_nifti(path):
         return load_nifti(path)
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
 
-    from medhub.embeddings import EmbeddingCache, embed_with
-    from medhub.models.catalog import get_model
+    from medhub.hub.catalog import get_model
+    from medhub.hub.embeddings import EmbeddingCache, embed_with
 
     inputs = args.input or [p for p in DEFAULT_INPUTS if p.exists()]
     if not inputs:

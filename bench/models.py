@@ -68,7 +68,7 @@ for _model, _folder in (("brainchop-gwm", "model5_gw_ae"), ("brainchop-subcortic
 
 def write_series(folder: Path, copies: int) -> None:
     """The T1 as ``copies`` DICOM MR series, each with its own UIDs, in one folder."""
-    from medhub.synth import write_dicom_series
+    from medhub.inputs.synth import write_dicom_series
 
     image = nib.load(T1)
     data = np.asanyarray(image.dataobj).astype(np.float32)

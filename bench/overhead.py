@@ -115,12 +115,12 @@ def medhub_process(unsorted: Path, label_path: Path, out_path: Path, timings_pat
     import nibabel as nib
     import numpy as np
 
+    from medhub.data.geometry import labels_to_source
     from medhub.errors import MedhubError
-    from medhub.geometry import labels_to_source
-    from medhub.load import load_series
-    from medhub.provenance import AlgorithmInfo
-    from medhub.scan import scan
+    from medhub.inputs.load import load_series
+    from medhub.inputs.scan import scan
     from medhub.segdb import get_segment
+    from medhub.writers.provenance import AlgorithmInfo
     from medhub.writers.seg import write_seg
 
     t["imports"] = (time.perf_counter(), time.process_time())
@@ -436,7 +436,7 @@ def main() -> int:
         medhub_process(a.unsorted, a.label, a.out, a.timings, a.slices)
         # End as `medhub` (cli.main) ends a finished command: exit handlers run, streams are
         # flushed, but the interpreter does not spend ~0.6 s CPU freeing every object.
-        # (medhub.cli itself is not imported: typer and rich are not part of this process.)
+        # (medhub.cli.main itself is not imported: typer and rich are not part of this process.)
         # Under --profile (cProfile) the normal exit is kept: cProfile writes its file then.
         if sys.getprofile() is not None:
             return 0

@@ -149,7 +149,7 @@ class BackgroundOracle:
 
     def _keep(self, name: str, folder: Path) -> None:
         """Copy a finished run into the cache; the .npy appears last and whole (rename), so it marks completion."""
-        from medhub.output import atomic_output
+        from medhub.files import atomic_output
 
         for suffix in (".seconds", ".npy"):
             with atomic_output(folder / f"{name}{suffix}") as temporary:

@@ -28,14 +28,14 @@ import pytest
 from brainchop_oracle import MODEL_FOLDERS, make_home, missing_tools
 from conftest import shared_path
 
+from medhub.data.volume import LPS_TO_RAS
 from medhub.errors import MedhubError
-from medhub.load import load_series
+from medhub.hub.catalog import get_model
+from medhub.inputs.load import load_series
+from medhub.inputs.scan import scan
+from medhub.inputs.synth import write_dicom_series
 from medhub.models import brainchop_common as bc
-from medhub.models.catalog import get_model
-from medhub.scan import scan
 from medhub.segdb import get_segment
-from medhub.synth import write_dicom_series
-from medhub.volume import LPS_TO_RAS
 
 T1 = "mr/brainchop_t1_crop.nii.gz"
 WEIGHTS = "weights/brainchop"
@@ -178,7 +178,7 @@ def test_subcortical_colormap_names_map_to_the_card_segments() -> None:
 
 def test_weights_that_do_not_fit_the_config_name_the_files(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from medhub.nets.meshnet import load_meshnet
+    from medhub.models.nets.meshnet import load_meshnet
 
     mirror = shared_path(WEIGHTS)
     with pytest.raises(MedhubError, match=r"model18cls/model.pth does not fit .*model5_gw_ae/model.json"):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from medhub.errors import MedhubError
-from medhub.models.card import (
+from medhub.hub.card import (
     ModelCard,
     WeightsSpec,
     card_json_schema,
@@ -18,8 +18,8 @@ from medhub.models.card import (
     card_problems,
     load_card,
 )
-from medhub.models.catalog import BUILTIN_ROOT
-from medhub.weights import WeightFile
+from medhub.hub.catalog import BUILTIN_ROOT
+from medhub.hub.weights import WeightFile
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SHA = "ab" * 32

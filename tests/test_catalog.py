@@ -23,9 +23,10 @@ import pytest
 from conftest import shared_path
 from typer.testing import CliRunner
 
-from medhub.cli import app
+from medhub.authoring.new import create
+from medhub.cli.main import app
 from medhub.errors import MedhubError
-from medhub.models.catalog import (
+from medhub.hub.catalog import (
     catalog_problems,
     entry_from_folder,
     find_models,
@@ -34,7 +35,6 @@ from medhub.models.catalog import (
     pull_weights,
     weights_status,
 )
-from medhub.scaffold import create
 
 PLUGIN = "hub-plugin-demo"
 BROKEN = "hub-broken-demo"

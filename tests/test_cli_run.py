@@ -24,11 +24,11 @@ from conftest import shared_path
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
 
-from medhub.geometry import labels_to_source
-from medhub.load import load_series
-from medhub.models.catalog import get_model
-from medhub.scan import scan
-from medhub.synth import write_dicom_series
+from medhub.data.geometry import labels_to_source
+from medhub.hub.catalog import get_model
+from medhub.inputs.load import load_series
+from medhub.inputs.scan import scan
+from medhub.inputs.synth import write_dicom_series
 
 PHILIPS = "ct/philips_phantom_head_1mm"
 NO_UID_CT = "ct/totalsegmentator_example_ct_dicom"

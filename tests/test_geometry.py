@@ -6,9 +6,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from medhub import geometry
+from medhub.data import geometry
+from medhub.data.volume import SourceGrid, SourcePlane, Volume
 from medhub.errors import MedhubError
-from medhub.volume import SourceGrid, SourcePlane, Volume
 
 AXIAL = np.array([1.0, 0, 0, 0, 1, 0])
 SAGITTAL = np.array([0.0, 1, 0, 0, 0, -1])

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
+from medhub.data.volume import LPS_TO_RAS, Volume
 from medhub.errors import MedhubError
-from medhub.load import load_series
-from medhub.models.catalog import get_model
-from medhub.scan import scan
+from medhub.hub.catalog import get_model
+from medhub.hub.workflow import load_workflow_file
+from medhub.inputs.load import load_series
+from medhub.inputs.scan import scan
+from medhub.inputs.synth import write_dicom_series
 from medhub.segdb import get_segment
-from medhub.synth import write_dicom_series
-from medhub.volume import LPS_TO_RAS, Volume
-from medhub.workflow import load_workflow_file
 
 T1 = "mr/brainchop_t1_crop.nii.gz"
 

@@ -26,19 +26,20 @@ import pytest
 from conftest import shared_path
 from typer.testing import CliRunner
 
-import medhub.cli_heads  # noqa: F401 - registers `medhub heads` on the app (as medhub.cli does)
-from medhub.cli import app
+import medhub.cli.heads  # noqa: F401 - registers `medhub heads` on the app (as medhub.cli.main does)
+from medhub.cli.main import app
 from medhub.errors import MedhubError
 from medhub.heads.labels import read_labels, resolve_cases
 from medhub.heads.metrics import classification_metrics, format_metrics
 from medhub.heads.model import HEAD_FILE, load_head
-from medhub.heads.registry import HeadEntry, find_head, head_entries, heads_root
+from medhub.heads.registry import find_head, heads_root
+from medhub.heads.source import HeadEntry, head_entries
 from medhub.heads.train import check_labels, evaluate_head, train_head
-from medhub.load import load_series
-from medhub.models.card import ModelCard
-from medhub.scan import scan
-from medhub.synth import write_dicom_series
-from medhub.workflow import load_workflow_file
+from medhub.hub.card import ModelCard
+from medhub.hub.workflow import load_workflow_file
+from medhub.inputs.load import load_series
+from medhub.inputs.scan import scan
+from medhub.inputs.synth import write_dicom_series
 
 CT = "ct"
 STANDIN_CARD = ModelCard.model_validate({
@@ -307,7 +308,7 @@ def real_cases(tmp_path_factory) -> Path:
     """Six real CT series and variants, three head and three abdomen, with labels.csv.
 
     head: the Philips phantom head CT as scanned (140 slices with UIDs), an 80-slice slab of it and a
-    384x384 in-plane crop 40 HU brighter (both written as DICOM series by medhub.synth);
+    384x384 in-plane crop 40 HU brighter (both written as DICOM series by medhub.inputs.synth);
     abdomen: the TotalSegmentator DICOM CT (no UIDs), example_ct_sm.nii.gz, and a crop of example_ct.nii.gz
     30 HU darker (NIfTI).
     """

@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from medhub import envs
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.isolated import IsolatedModelError, IsolatedRunner
-from medhub.load import load_series
-from medhub.models.card import load_card
-from medhub.models.catalog import ModelEntry, get_model
-from medhub.pipeline import loaded_runner
-from medhub.scan import scan
-from medhub.volume import Volume
+from medhub.hub import envs
+from medhub.hub.card import load_card
+from medhub.hub.catalog import ModelEntry, get_model
+from medhub.hub.isolated import IsolatedModelError, IsolatedRunner
+from medhub.hub.runtime import loaded_runner
+from medhub.inputs.load import load_series
+from medhub.inputs.scan import scan
 
 TEST_MODEL = Path(__file__).resolve().parent / "isolated_model"
 PHILIPS = "ct/philips_phantom_head_1mm"

@@ -16,12 +16,12 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless, generate_uid
 from scipy import ndimage
 
-from medhub import geometry
+from medhub.data import geometry
+from medhub.data.series import Instance, Series
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.load import check_series, load_series
-from medhub.nifti_input import load_nifti
-from medhub.series import Instance, Series
-from medhub.volume import Volume
+from medhub.inputs.load import check_series, load_series
+from medhub.inputs.nifti import load_nifti
 
 D2N = "edge/dicom2nifti_tests"
 

@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError
-from medhub.load import load_series
-from medhub.models.catalog import get_model
-from medhub.scan import scan
+from medhub.hub.catalog import get_model
+from medhub.hub.weights import WeightFile, sha256_file
+from medhub.inputs.load import load_series
+from medhub.inputs.scan import scan
+from medhub.inputs.synth import write_dicom_series
 from medhub.segdb import get_segment
-from medhub.synth import write_dicom_series
-from medhub.volume import Volume
-from medhub.weights import WeightFile, sha256_file
 
 torch = pytest.importorskip("torch")
 lungmask_mask = pytest.importorskip("lungmask.mask")

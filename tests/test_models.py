@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
+from medhub.data.prediction import Prediction
+from medhub.data.volume import LPS_TO_RAS, Volume
 from medhub.errors import MedhubError
-from medhub.load import load_series
-from medhub.models.base import Prediction
-from medhub.models.card import load_card
-from medhub.models.catalog import get_model, list_models, require_module
+from medhub.hub.card import load_card
+from medhub.hub.catalog import get_model, list_models, require_module
+from medhub.hub.workflow import load_workflow_file
+from medhub.inputs.load import load_series
+from medhub.inputs.scan import scan
+from medhub.inputs.synth import write_dicom_series
 from medhub.models.ct_body.runner import Runner as CtBodyRunner
-from medhub.scan import scan
 from medhub.segdb import get_segment
-from medhub.synth import write_dicom_series
-from medhub.volume import LPS_TO_RAS, Volume
-from medhub.workflow import load_workflow_file
 
 # TotalSegmentator v2 class ids (checked on example_seg.nii.gz: 10/11 lie on the patient's left).
 TS_LEFT_LUNG = [10, 11]  # lung_upper_lobe_left, lung_lower_lobe_left
@@ -73,7 +73,7 @@ def test_listing_models_imports_neither_torch_nor_runners():
     code = textwrap.dedent(
         """
         import sys
-        from medhub.models.catalog import get_model, list_models
+        from medhub.hub.catalog import get_model, list_models
         list_models(); get_model("deepbet").card
         print(sorted(m for m in ("torch", "deepbet", "medhub.models.deepbet.runner") if m in sys.modules))
         """

@@ -1,6 +1,6 @@
 """``medhub new`` then ``medhub check``: a fresh package passes, and each kind of mistake is one failing line.
 
-The scaffold's sample is a synthetic CT phantom written with medhub.synth (valid DICOM, checked
+The scaffold's sample is a synthetic CT phantom written with medhub.inputs.synth (valid DICOM, checked
 with dciodvfy below); the catalog tests run the same package on real scanner data.
 """
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medhub.checker import check_model
+from medhub.authoring.check import check_model
+from medhub.authoring.new import create, model_names
 from medhub.errors import MedhubError
-from medhub.scaffold import create, model_names
 
 
 def medhub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -18,9 +18,9 @@ from conftest import shared_path
 from pydicom.sr.codedict import codes
 from skimage.draw import ellipse
 
+from medhub.data.volume import SourceGrid, SourcePlane
 from medhub.errors import MedhubError
 from medhub.segdb import Code, SegmentSpec
-from medhub.volume import SourceGrid, SourcePlane
 from medhub.writers.contours import (
     drop_collinear,
     labelmap_to_polygons,

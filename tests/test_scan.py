@@ -12,7 +12,7 @@ from conftest import shared_path
 from pydicom.fileset import FileSet
 
 from medhub.errors import MedhubError
-from medhub.scan import iter_files, orientation_name, scan, sop_class_keyword
+from medhub.inputs.scan import iter_files, orientation_name, scan, sop_class_keyword
 
 PHILIPS = "ct/philips_phantom_head_1mm"
 TOTALSEG = "ct/totalsegmentator_example_ct_dicom"

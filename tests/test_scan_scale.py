@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 from conftest import shared_path
 
-from medhub.geometry import labels_to_source
-from medhub.load import load_series
-from medhub.provenance import AlgorithmInfo
-from medhub.scan import scan
+from medhub.data.geometry import labels_to_source
+from medhub.inputs.load import load_series
+from medhub.inputs.scan import scan
 from medhub.segdb import get_segment
+from medhub.writers.provenance import AlgorithmInfo
 from medhub.writers.seg import write_seg
 
 

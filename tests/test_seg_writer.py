@@ -1,7 +1,7 @@
 """DICOM SEG and NIfTI writers on real sources: valid objects that read back voxel for voxel.
 
 SourceGrids are built here from the headers (sorted by position along the slice normal), not
-with medhub.load, so these tests check the writers alone.
+with medhub.inputs.load, so these tests check the writers alone.
 
 LABELMAP: the dciodvfy installed here (dicom3tools 2022) predates the Label Map Segmentation
 IOD (PS3.3 A.51.1, 2024). It says "Information Object Not found" and checks no module. So a
@@ -27,11 +27,11 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import SegmentationStorage
 
+from medhub.data.volume import SourceGrid, SourcePlane
 from medhub.errors import MedhubError
-from medhub.provenance import AlgorithmInfo, device_info
 from medhub.segdb import SegmentSpec, get_segment
-from medhub.volume import SourceGrid, SourcePlane
 from medhub.writers import EmptySegmentationError, write_nifti, write_seg
+from medhub.writers.provenance import AlgorithmInfo, device_info
 
 ALGORITHM = AlgorithmInfo(name="medhub test model", version="0.0.1", source="tests/test_seg_writer.py")
 

@@ -18,11 +18,11 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from medhub.data.series import Instance, Series
 from medhub.errors import MedhubError
-from medhub.query import Condition, DataTypeQuery
-from medhub.scan import make_series, scan
-from medhub.select import Selection, SelectionRules, select
-from medhub.series import Instance, Series
+from medhub.inputs.query import Condition, DataTypeQuery
+from medhub.inputs.scan import make_series, scan
+from medhub.inputs.select import Selection, SelectionRules, select
 
 # ---------------------------------------------------------------------------------------------
 # query parsing

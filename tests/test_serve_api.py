@@ -31,13 +31,13 @@ from conftest import shared_path
 from fastapi.testclient import TestClient
 
 from medhub.errors import MedhubError
-from medhub.models.catalog import get_model
-from medhub.pipeline import RunOptions, run
+from medhub.hub.catalog import get_model
+from medhub.hub.runtime import RUNNERS
+from medhub.hub.workflow import load_workflow_file
+from medhub.pipeline.run import RunOptions, run
 from medhub.serve.app import create_app
-from medhub.serve.jobs import _LockedPipeline
 from medhub.serve.settings import ServeSettings, is_loopback
 from medhub.serve.store import INTERRUPTED, Job, JobStatus, JobStore
-from medhub.workflow import load_workflow_file
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -392,7 +392,7 @@ def test_input_is_validated_before_queueing(client: TestClient) -> None:
 def test_concurrency_limit_answers_429(client: TestClient) -> None:
     """With max_queued=1, a second job while the first waits on the model lock is refused."""
     zipped = zip_of(shared_path(NO_UID_CT))
-    lock = _LockedPipeline.locks.setdefault("ct-body", threading.Lock())
+    lock = RUNNERS.lock("ct-body", "cpu")
     with lock:  # the first job cannot get past predict
         first = client.post("/api/jobs", data={"model": "ct-body"}, files=[("files", ("a.zip", zipped))])
         assert first.status_code == 201
@@ -410,7 +410,7 @@ def test_concurrency_limit_answers_429(client: TestClient) -> None:
 
 
 def test_delete_of_a_running_job_cancels_it_at_its_next_step(client: TestClient) -> None:
-    lock = _LockedPipeline.locks.setdefault("ct-body", threading.Lock())
+    lock = RUNNERS.lock("ct-body", "cpu")
     with lock:  # the job runs up to predict and waits there
         response = client.post("/api/jobs", data={"model": "ct-body"},
                                files=[("files", ("a.zip", zip_of(shared_path(NO_UID_CT))))])

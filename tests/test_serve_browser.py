@@ -63,8 +63,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("serve-browser")
     port = _free_port()
     log = open(data / "server.log", "w")  # noqa: SIM115 - closed in the teardown below
-    # `medhub serve` itself; cli_serve is imported explicitly in case medhub.cli does not import it yet.
-    command = [sys.executable, "-c", "import medhub.cli_serve; from medhub.cli import main; main()",
+    # `medhub serve` itself; cli_serve is imported explicitly in case medhub.cli.main does not import it yet.
+    command = [sys.executable, "-c", "import medhub.cli.serve; from medhub.cli.main import main; main()",
                "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data / "data"),
                "--token", TOKEN]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

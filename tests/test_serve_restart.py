@@ -29,7 +29,7 @@ TOKEN = "restart-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PHILIPS = "ct/philips_phantom_head_1mm"
 NO_UID_CT = "ct/totalsegmentator_example_ct_dicom"
-SERVE = "from medhub.cli import app; import medhub.cli_serve; app(prog_name='medhub')"
+SERVE = "from medhub.cli.main import app; import medhub.cli.serve; app(prog_name='medhub')"
 
 
 def free_port() -> int:

@@ -23,11 +23,11 @@ fastapi = pytest.importorskip("fastapi", reason="medhub serve needs fastapi (pip
 from conftest import shared_path  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+from medhub.data.volume import Volume  # noqa: E402
 from medhub.errors import MedhubError  # noqa: E402
 from medhub.serve import viewer_data  # noqa: E402
 from medhub.serve.app import create_app  # noqa: E402
 from medhub.serve.settings import ServeSettings  # noqa: E402
-from medhub.volume import Volume  # noqa: E402
 
 CT_SERIES = "ct/totalsegmentator_example_ct_dicom"
 CT_NIFTI = "ct/totalsegmentator_nifti/example_ct_sm.nii.gz"
@@ -38,9 +38,9 @@ TOKEN = "s3cret-token"
 
 def _run_job(data_dir: Path, job_id: str, source: Path) -> Path:
     """Lay out one finished ct-body job as the worker does: input/ (uploaded files) and output/."""
-    from medhub.models.catalog import get_model
-    from medhub.pipeline import RunOptions, run
-    from medhub.workflow import load_workflow_file
+    from medhub.hub.catalog import get_model
+    from medhub.hub.workflow import load_workflow_file
+    from medhub.pipeline.run import RunOptions, run
 
     job = data_dir / "jobs" / job_id
     if source.is_dir():
@@ -95,7 +95,7 @@ def _visible_cards(html: str) -> dict[str, bool]:
 
 
 def test_catalog_lists_every_model_and_filters_by_query(client: TestClient) -> None:
-    from medhub.models.catalog import find_models, list_models
+    from medhub.hub.catalog import find_models, list_models
 
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -124,7 +124,7 @@ def test_catalog_cards_carry_the_facets_the_page_filters_on(client: TestClient) 
 
 
 def test_model_page_shows_card_citation_licences_segments_and_commands(client: TestClient) -> None:
-    from medhub.models.catalog import get_model
+    from medhub.hub.catalog import get_model
     from medhub.segdb import get_segment
 
     card = get_model("ct-body").card
@@ -150,7 +150,7 @@ def test_unknown_model_and_bad_job_id_are_404_pages(client: TestClient) -> None:
 
 
 def test_try_page_offers_every_model_with_its_workflows(client: TestClient) -> None:
-    from medhub.models.catalog import list_entries
+    from medhub.hub.catalog import list_entries
 
     page = client.get("/try", params={"model": "ct-body"})
     assert page.status_code == 200
@@ -188,8 +188,8 @@ def _arrays(client: TestClient, job_id: str, series: str, **kwargs: object) -> t
 
 def test_viewer_serves_the_dicom_input_and_its_labels(client: TestClient, data_dir: Path) -> None:
     """The arrays are the series' voxels in HU and the job's label NIfTI, voxel for voxel."""
-    from medhub.load import load_series
-    from medhub.scan import scan
+    from medhub.inputs.load import load_series
+    from medhub.inputs.scan import scan
 
     series = _series(data_dir, DICOM_JOB)
     meta, image, labels = _arrays(client, DICOM_JOB, series)

@@ -9,11 +9,11 @@ import pytest
 from conftest import shared_path
 from pydicom.sr.codedict import codes
 
+from medhub.data.volume import SourceGrid
 from medhub.errors import MedhubError
-from medhub.load import load_series
-from medhub.provenance import AlgorithmInfo
-from medhub.scan import scan
-from medhub.volume import SourceGrid
+from medhub.inputs.load import load_series
+from medhub.inputs.scan import scan
+from medhub.writers.provenance import AlgorithmInfo
 from medhub.writers.sr import PRIVATE_SCHEME, class_codes, write_classification_sr
 
 ALGORITHM = AlgorithmInfo(name="phantom-head", version="3", parameters={"encoder": "ct-fm-astra 0.1.1"})

@@ -7,10 +7,10 @@ import pydicom
 import pytest
 
 from medhub.errors import MedhubError
-from medhub.load import load_series
-from medhub.sample import write_sample
-from medhub.scan import scan
-from medhub.synth import write_dicom_series
+from medhub.inputs.load import load_series
+from medhub.inputs.sample import write_sample
+from medhub.inputs.scan import scan
+from medhub.inputs.synth import write_dicom_series
 
 
 def _oblique_affine() -> np.ndarray:

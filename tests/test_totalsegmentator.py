@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 from medhub.errors import MedhubError
-from medhub.models.catalog import get_model
+from medhub.hub.catalog import get_model
 from medhub.segdb import get_segment
 
 HERE = Path(__file__).resolve()
@@ -182,10 +182,10 @@ def worker(mode: str, dicom_dir: Path, out_dir: Path) -> None:
     from totalsegmentator.map_to_binary import class_map, class_map_5_parts
     from totalsegmentator.nnunet import map_taskid_to_partname_ct
 
-    from medhub.load import load_series
+    from medhub.hub.weights import WeightFile, sha256_file
+    from medhub.inputs.load import load_series
+    from medhub.inputs.scan import scan
     from medhub.models.totalsegmentator import runner as ts_runner
-    from medhub.scan import scan
-    from medhub.weights import WeightFile, sha256_file
 
     _register_trainers_without_timm()
     fast = mode == "fast"
@@ -280,9 +280,9 @@ def ct_crop(tmp_path_factory) -> Path:
     """192x192x16 crop of the real abdominal CT as an uncompressed DICOM series (both readers read it)."""
     from conftest import shared_path
 
-    from medhub.load import load_series
-    from medhub.scan import scan
-    from medhub.synth import write_dicom_series
+    from medhub.inputs.load import load_series
+    from medhub.inputs.scan import scan
+    from medhub.inputs.synth import write_dicom_series
 
     volume = load_series(scan(shared_path("ct/totalsegmentator_example_ct_dicom")).series[0])
     affine = volume.affine_lps.copy()

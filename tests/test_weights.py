@@ -18,9 +18,9 @@ import pytest
 from conftest import shared_path
 from pydantic import ValidationError
 
-from medhub import weights
 from medhub.errors import MedhubError
-from medhub.weights import WeightFile, ensure_weights, is_cached, weights_cache_dir
+from medhub.hub import weights
+from medhub.hub.weights import WeightFile, ensure_weights, is_cached, weights_cache_dir
 
 UNREACHABLE = "http://127.0.0.1:9/weights"  # the discard port: connection refused at once
 MODEL = "toy-model"
@@ -343,7 +343,7 @@ def test_two_processes_pulling_the_same_file(server, cache):
     file = served(server, "model.bin", data)
     server.delay = 0.03  # about 0.75 s per transfer, so the two pulls overlap
     script = (
-        "import sys; from medhub.weights import WeightFile, ensure_weights; "
+        "import sys; from medhub.hub.weights import WeightFile, ensure_weights; "
         "f = WeightFile.model_validate_json(sys.argv[1]); print(ensure_weights('toy-model', [f])['model.bin'])"
     )
     env = {**os.environ, "MEDHUB_WEIGHTS_CACHE": str(cache)}

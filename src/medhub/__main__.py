@@ -1,5 +1,5 @@
 """``python -m medhub`` is the ``medhub`` command."""
 
-from medhub.cli import main
+from medhub.cli.main import main
 
 main()

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from medhub.data.prediction import Prediction
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError
-from medhub.models.base import Prediction
-from medhub.volume import Volume
 
 LARGEST, OTHER = 1, 2
 

@@ -3,13 +3,7 @@
 ``medhub heads train`` embeds labelled series with an encoder (``ct-fm-astra``), cross-validates
 and fits a head (:mod:`medhub.heads.train`), and saves it as a model folder
 (:mod:`medhub.heads.model`) under the heads root (:mod:`medhub.heads.registry`), which the
-catalog lists like any model, so ``medhub run NAME`` applies it with the generic runner
+catalog lists like any model (:mod:`medhub.heads.source`), so ``medhub run NAME`` applies it with the generic runner
 (:mod:`medhub.heads.runner`) and writes probabilities as JSON, CSV and DICOM SR
-(:mod:`medhub.heads.outputs`).
+(:mod:`medhub.writers.values`).
 """
-
-from __future__ import annotations
-
-from medhub.heads.registry import HEADS_VARIABLE, find_head, head_entries, head_path, heads_root
-
-__all__ = ["HEADS_VARIABLE", "find_head", "head_entries", "head_path", "heads_root"]

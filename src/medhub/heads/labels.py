@@ -26,9 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from medhub.data.series import Series
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.series import Series
-from medhub.volume import Volume
+from medhub.inputs.load import load_series
+from medhub.inputs.nifti import load_nifti
+from medhub.inputs.scan import scan
 
 _SERIES_COLUMNS = ("series", "series_uid", "seriesinstanceuid", "path", "file")
 _LABEL_COLUMNS = ("label", "class")
@@ -111,8 +114,6 @@ def _absolute(path: Path) -> Path:
 
 def _series_loader(series: Series, where: str) -> Callable[[], Volume]:
     def load() -> Volume:
-        from medhub.load import load_series
-
         try:
             return load_series(series)
         except SeriesSkipped as exc:
@@ -123,8 +124,6 @@ def _series_loader(series: Series, where: str) -> Callable[[], Volume]:
 
 def _nifti_loader(path: Path) -> Callable[[], Volume]:
     def load() -> Volume:
-        from medhub.nifti_input import load_nifti
-
         return load_nifti(path)
 
     return load
@@ -132,8 +131,6 @@ def _nifti_loader(path: Path) -> Callable[[], Volume]:
 
 def resolve_cases(labels_csv: Path, input_dir: Path) -> list[LabelledCase]:
     """Match every row of ``labels_csv`` to a DICOM series or NIfTI file under ``input_dir``."""
-    from medhub.scan import scan
-
     labels_csv, input_dir = Path(labels_csv), Path(input_dir)
     rows = read_labels(labels_csv)
     if not input_dir.exists():

@@ -35,7 +35,7 @@ import numpy as np
 import yaml
 
 from medhub.errors import MedhubError
-from medhub.models.card import ModelCard, load_card
+from medhub.hub.card import ModelCard, load_card
 
 CARD_FILE = "card.yaml"
 HEAD_FILE = "head.skops"

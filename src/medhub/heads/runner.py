@@ -1,13 +1,13 @@
 """The one runner that serves every head: embed the volume with the head's encoder, apply the head.
 
-The catalog gives each head a :class:`~medhub.heads.registry.HeadEntry` that constructs this
+The catalog gives each head a :class:`~medhub.heads.source.HeadEntry` that constructs this
 runner with the head's folder. Where a runner is made without one (``medhub check``, an
 isolated worker), ``load`` takes the head from the workflow's predict parameter ``head``
 (a name under the heads root, or a folder).
 
-``predict`` returns a :class:`~medhub.models.base.Prediction` without a label map
+``predict`` returns a :class:`~medhub.hub.runner.Prediction` without a label map
 (``labels=None``): the result is values, written by the pipeline as JSON, CSV and, for DICOM
-with UIDs, a DICOM SR (:mod:`medhub.heads.outputs`). ``values`` hold ``predicted_class``,
+with UIDs, a DICOM SR (:mod:`medhub.writers.values`). ``values`` hold ``predicted_class``,
 one ``probability_<class>`` per class (in the head's class order) and the ``encoder`` (id and version).
 """
 
@@ -16,9 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medhub.data.prediction import Prediction
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError
-from medhub.models.base import Prediction
-from medhub.volume import Volume
+from medhub.heads.model import load_head
+from medhub.heads.registry import find_head
+from medhub.hub.catalog import get_model
+from medhub.hub.embeddings import embed
 
 
 class Runner:
@@ -30,9 +34,6 @@ class Runner:
         self.device = "cpu"
 
     def load(self, device: str, params: dict[str, Any]) -> None:
-        from medhub.heads.model import load_head
-        from medhub.heads.registry import find_head
-
         folder = self.head_dir
         if folder is None:
             given = params.get("head")
@@ -44,8 +45,6 @@ class Runner:
         _check_encoder_version(self.head)
 
     def predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
-        from medhub.embeddings import embed
-
         if self.head is None:
             raise MedhubError("head runner: predict called before load")
         result = embed(self.head.encoder, volume, cache=True, device=self.device)
@@ -60,8 +59,6 @@ class Runner:
 
 def _check_encoder_version(head: Any) -> None:
     """A head is only valid on the encoder version it was trained on: refuse a different one."""
-    from medhub.models.catalog import get_model
-
     trained = str(head.meta.get("encoder_version", ""))
     try:
         installed = str(get_model(head.encoder).card.version)

@@ -18,7 +18,7 @@ Why these choices, for a handful of labelled scans in a 2048-dimensional embeddi
   :mod:`medhub.heads.metrics`) before the final head is fitted on every case, so the stored
   metrics describe a head that never saw the case it was scored on.
 
-Embeddings come from :func:`medhub.embeddings.embed`, cached by input content and encoder
+Embeddings come from :func:`medhub.hub.embeddings.embed`, cached by input content and encoder
 version, so training twice (or training then evaluating on overlapping series) embeds each
 series once. Tests may pass another ``embedder`` with the same call shape.
 """
@@ -33,13 +33,15 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError
 from medhub.heads.labels import LabelledCase, resolve_cases
 from medhub.heads.metrics import classification_metrics
 from medhub.heads.model import Head, load_head, save_head
 from medhub.heads.registry import find_head, head_path
-from medhub.models.card import ModelCard
-from medhub.volume import Volume
+from medhub.hub.card import ModelCard
+from medhub.hub.catalog import get_model
+from medhub.hub.embeddings import embed
 
 Classifier = Literal["logreg", "linear"]
 CLASSIFIERS: tuple[str, ...] = ("logreg", "linear")
@@ -56,9 +58,7 @@ Echo = Callable[[str], None]
 
 
 def encoder_embedder(encoder: str, volume: Volume) -> EmbeddingLike:
-    """The real embedder: :func:`medhub.embeddings.embed` with its cache."""
-    from medhub.embeddings import embed
-
+    """The real embedder: :func:`medhub.hub.embeddings.embed` with its cache."""
     return embed(encoder, volume, cache=True)
 
 
@@ -128,8 +128,6 @@ def cross_validated_probabilities(features: np.ndarray, labels: list[str], class
 
 
 def _encoder_card(encoder: str) -> ModelCard:
-    from medhub.models.catalog import get_model
-
     card = get_model(encoder).card
     return card
 
@@ -291,8 +289,6 @@ def _next_version(folder: Path) -> str:
 
 def _refuse_model_name(name: str) -> None:
     """A head must not shadow a built-in or installed model (the catalog would ignore it)."""
-    from medhub.models.catalog import get_model
-
     try:
         entry = get_model(name)
     except MedhubError:

@@ -15,7 +15,7 @@ This module reproduces steps 1, 2 and 4 in numpy/scipy, with niimath's float32 a
 (``src/conform.c``: float matrices, the same operation order). niimath is built with
 ``-ffast-math``, so its last float bits can differ: on resampled test volumes 1 voxel in
 10^6 lands on the other side of a rounding edge (off by one grey level); a volume already
-on the conformed grid comes out bit-identical. Step 3 is :mod:`medhub.nets.meshnet`. The
+on the conformed grid comes out bit-identical. Step 3 is :mod:`medhub.models.nets.meshnet`. The
 label map then goes back onto the volume's own grid with nearest-neighbour interpolation,
 as ``brainchop --inverse-conform`` does with ``niimath -reslice_nn``. Nothing is written
 to disk and neither niimath nor tinygrad is needed.
@@ -29,11 +29,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from medhub.data.prediction import Prediction
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.models.base import Prediction, available_cpus
-from medhub.models.card import ModelCard, load_card
-from medhub.models.catalog import require_module
-from medhub.volume import Volume
+from medhub.hub.card import ModelCard, load_card
+from medhub.hub.catalog import require_module
+from medhub.hub.runner import available_cpus
+from medhub.hub.weights import WeightFile, ensure_weights
 
 CONFORM_SIZE = 256
 #: FreeSurfer's conformed orientation (LIA): voxel axes → RAS directions (niimath's ``Mdc``).
@@ -251,7 +253,7 @@ def colormap_segments(path: Path) -> dict[int, str]:
 class BrainchopRunner:
     """Runner of one brainchop MeshNet model; a subclass names its card and weights folder.
 
-    ``load`` fetches the card's weights through :func:`medhub.weights.ensure_weights` (cache,
+    ``load`` fetches the card's weights through :func:`medhub.hub.weights.ensure_weights` (cache,
     ``MEDHUB_WEIGHTS_MIRROR``, SHA-256) and builds the network; ``predict`` runs brainchop's
     pipeline on the volume and returns labels on the volume's grid. Workflow parameters:
     ``threads`` (torch CPU threads), ``largest_component`` (brainchop's post-processing,
@@ -276,8 +278,6 @@ class BrainchopRunner:
 
     def weight_paths(self) -> dict[str, Path]:
         """Every weights file of the card, verified, from the cache / mirror / URL (one-line error if not)."""
-        from medhub.weights import WeightFile, ensure_weights
-
         files = []
         for spec in self.card.weights:
             if spec.url is None or spec.sha256 is None:
@@ -293,7 +293,7 @@ class BrainchopRunner:
         if device not in ("cpu", "cuda", "mps"):
             raise MedhubError(f"model {self.model_id}: unknown device '{device}' (use cpu, cuda or mps)")
         torch.set_num_threads(max(1, int(params.get("threads") or available_cpus())))
-        from medhub.nets.meshnet import load_meshnet
+        from medhub.models.nets.meshnet import load_meshnet
 
         paths = self.weight_paths()
         folder = self.weights_folder

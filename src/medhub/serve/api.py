@@ -24,6 +24,8 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from medhub.errors import MedhubError
+from medhub.hub.catalog import find_models, get_model
+from medhub.segdb import load_segment_database
 from medhub.serve.jobs import JobService, list_results
 from medhub.serve.uploads import ApiError, Upload
 
@@ -110,17 +112,12 @@ def list_models(
     task: Annotated[str | None, Query(max_length=64, description="segmentation, prediction, classification")] = None,
 ) -> list[dict[str, Any]]:
     """Cards of the models that fit every filter given (the same filters as ``medhub models``)."""
-    from medhub.models.catalog import find_models
-
     return [card.model_dump(mode="json") for card in find_models(modality=modality or None,
                                                                   body_part=body_part or None, task=task or None)]
 
 
 def model_detail(name: str, base_url: str) -> dict[str, Any]:
     """A model's card, its segments with names, codes and colours, workflows, and how to run it."""
-    from medhub.models.catalog import get_model
-    from medhub.segdb import load_segment_database
-
     try:
         entry = get_model(name)
     except MedhubError as exc:

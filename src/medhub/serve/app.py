@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import medhub
 from medhub.errors import MedhubError
 from medhub.serve.api import router as api_router
+from medhub.serve.heads_api import router as heads_router  # few-shot heads: train, list, predict
 from medhub.serve.jobs import JobService
 from medhub.serve.settings import ServeSettings
 from medhub.serve.store import JobStore
@@ -221,8 +222,6 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.jobs = service
     _install_error_handlers(app)
     app.include_router(api_router)
-    from medhub.serve.heads_api import router as heads_router  # few-shot heads: train, list, predict
-
     app.include_router(heads_router)
     web = _web_router()
     if web is not None:

@@ -31,6 +31,13 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from medhub.errors import MedhubError
+from medhub.heads.model import load_head
+from medhub.heads.registry import find_head, head_summary
+from medhub.heads.source import head_entries, head_entry
+from medhub.heads.train import train_head
+from medhub.hub.catalog import get_model
+from medhub.hub.workflow import load_workflow_file
+from medhub.pipeline.run import RunOptions, run
 from medhub.serve.uploads import ApiError, Upload, save_uploads
 
 router = APIRouter(prefix="/api/heads", tags=["heads"])
@@ -76,26 +83,18 @@ def _save(request: Request, uploads: list[Upload], target: Path) -> Path:
 
 
 def _head_summary(folder: Path) -> dict[str, Any]:
-    from medhub.cli_heads import _head_row
-    from medhub.heads.registry import head_entry
-
-    return _head_row(head_entry(folder))
+    return head_summary(head_entry(folder))
 
 
 @router.get("", responses=_UPLOAD_HELP)
 def list_heads() -> list[dict[str, Any]]:
     """Every trained head with its encoder, classes and cross-validated metrics (as `medhub heads list --json`)."""
-    from medhub.cli_heads import _head_row
-    from medhub.heads.registry import head_entries
-
-    return [_head_row(entry) for entry in head_entries()]
+    return [head_summary(entry) for entry in head_entries()]
 
 
 @router.get("/{name}", responses=_UPLOAD_HELP)
 def get_head(name: HEAD_NAME) -> dict[str, Any]:
     """One head: summary, card, and the full metrics.json (cross-validation, calibration bins)."""
-    from medhub.heads.model import load_head
-
     folder = _find(name)
     head = load_head(folder)
     return {**_head_summary(folder), "card": head.card.model_dump(mode="json"), "metrics": head.metrics}
@@ -110,8 +109,6 @@ def delete_head(name: HEAD_NAME) -> None:
 
 
 def _find(name: str) -> Path:
-    from medhub.heads.registry import find_head
-
     try:
         return find_head(name)
     except MedhubError as exc:
@@ -173,8 +170,6 @@ async def train(request: Request) -> dict[str, Any]:
 
 
 def _train_locked(labels: Path, input_dir: Path, name: str, options: dict[str, Any]) -> Any:
-    from medhub.heads.train import train_head
-
     with _WORK:
         return train_head(labels, input_dir, name, **options)
 
@@ -191,10 +186,6 @@ async def predict(name: HEAD_NAME, request: Request) -> dict[str, Any]:
 
 
 def _predict_locked(name: str, source: Path, output: Path, device: str) -> dict[str, Any]:
-    from medhub.models.catalog import get_model
-    from medhub.pipeline import RunOptions, run
-    from medhub.workflow import load_workflow_file
-
     entry = get_model(name)
     workflow = load_workflow_file(entry.workflow("default"))
     workflow.execute = [step for step in workflow.execute if step != "write_sr"]  # answer with values only

@@ -1,6 +1,6 @@
 """Jobs: submit (check the input before queueing), run on a pool of worker threads, cancel, report.
 
-A job is one ``medhub run`` of one model over one upload, executed by :mod:`medhub.pipeline`
+A job is one ``medhub run`` of one model over one upload, executed by :mod:`medhub.pipeline.run`
 exactly as the CLI does, with a progress sink that writes progress into the store. Workers
 are threads of the server process: the pipeline keeps each loaded model in a process-wide
 cache, so a model loads once and serves every later job. Two jobs of the *same* model never
@@ -29,13 +29,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medhub.errors import MedhubError
-from medhub.models.catalog import ModelEntry, get_model
-from medhub.pipeline import Pipeline, RunOptions
-from medhub.report import REPORT_NAME, Status
+from medhub.hub.catalog import ModelEntry, get_model
+from medhub.hub.workflow import Workflow, apply_overrides, load_workflow_file
+from medhub.inputs.scan import scan
+from medhub.inputs.select import SelectionRules, select
+from medhub.pipeline.report import REPORT_NAME, Status
+from medhub.pipeline.run import Pipeline, RunOptions
 from medhub.serve.settings import ServeSettings
 from medhub.serve.store import INTERRUPTED, Job, JobStatus, JobStore, empty_progress
 from medhub.serve.uploads import ApiError, SavedInput, Upload, save_uploads
-from medhub.workflow import Workflow, apply_overrides, load_workflow_file
 
 log = logging.getLogger("medhub.serve")
 
@@ -106,8 +108,6 @@ def validate_input(entry: ModelEntry, workflow: Workflow, saved: SavedInput) -> 
             raise ApiError(422, f"{saved.path.name}: {len(core)}D image of shape {shape}; a 3D volume is needed")
         return {"series_chosen": 1, "series_rejected": 0, "shape": list(core)}
 
-    from medhub.scan import scan
-    from medhub.select import SelectionRules, select
 
     result = scan(saved.path)
     if not result.series:
@@ -177,7 +177,7 @@ class JobCancelled(Exception):  # noqa: N818 - a signal, not an error; deliberat
 
 
 class StoreProgress:
-    """A :class:`medhub.progress.ProgressSink` that keeps the job's progress in the store and checks for cancel."""
+    """A :class:`~medhub.pipeline.progress.ProgressSink` keeping the job's progress in the store; checks for cancel."""
 
     SCAN_WRITE_INTERVAL = 0.5
 
@@ -215,19 +215,6 @@ class StoreProgress:
 
     def close(self) -> None:
         pass
-
-
-class _LockedPipeline(Pipeline):
-    """The pipeline with one lock per model around predict: a cached runner serves one job at a time."""
-
-    locks: dict[str, threading.Lock] = {}
-    locks_guard = threading.Lock()
-
-    def _predict(self, entry: Any, volume: Any) -> Any:
-        with self.locks_guard:
-            lock = self.locks.setdefault(self.model.card.id, threading.Lock())
-        with lock:
-            return super()._predict(entry, volume)
 
 
 class JobService:
@@ -408,7 +395,7 @@ class JobService:
                 progress=sink,
                 resume=True,  # a re-run after a restart keeps the series an earlier attempt finished
             )
-            report = _LockedPipeline(entry, options).run()
+            report = Pipeline(entry, options).run()  # the runner cache makes jobs on one model take turns
         except MedhubError as exc:
             return JobStatus.FAILED, str(exc)
         except JobCancelled:

@@ -34,10 +34,15 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
+from medhub.data.volume import LPS_TO_RAS, Volume
 from medhub.errors import MedhubError
-from medhub.output import atomic_output, safe_component
-from medhub.report import REPORT_NAME
-from medhub.volume import LPS_TO_RAS, Volume
+from medhub.files import atomic_output, safe_component
+from medhub.hub.catalog import get_model
+from medhub.inputs.load import load_series
+from medhub.inputs.nifti import load_nifti
+from medhub.inputs.scan import scan
+from medhub.pipeline.report import REPORT_NAME
+from medhub.segdb import get_segment
 
 MAX_IN_PLANE = 512
 MAX_VOXELS = 48_000_000  # ~96 MB of int16 before compression
@@ -147,17 +152,12 @@ def _nifti_key(path: Path) -> str:
 
 def find_input_volume(input_dir: Path, series: str) -> Volume:
     """Load the job input that produced ``series``: a NIfTI file, or the DICOM series with that key."""
-    from medhub.nifti_input import load_nifti
-
     if not input_dir.is_dir():
         raise ViewerNotFound("the job's input files are gone")
     niftis = [p for p in sorted(input_dir.rglob("*")) if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES)]
     for path in niftis:
         if series in (_nifti_key(path), safe_component(_nifti_key(path))):
             return load_nifti(path)
-    from medhub.load import load_series
-    from medhub.scan import scan
-
     found = scan(input_dir).series
     # Keys of series without UIDs depend on the folder's absolute path (a moved data dir changes
     # them): then the report's list of SOP Instance UIDs of that series identifies it.
@@ -257,16 +257,12 @@ def subsample_factor(shape: tuple[int, ...]) -> int:
 
 def segment_table(labels: np.ndarray, voxel_ml: float, model: str | None) -> list[dict[str, Any]]:
     """One row per segment of the model (and per unexpected label found): name, colour, voxels, ml."""
-    from medhub.segdb import get_segment
-
     counts = np.zeros(256, dtype=np.int64)
     for z in range(labels.shape[2]):  # slice by slice: bincount widens to int64, a whole volume would be GBs
         counts += np.bincount(labels[:, :, z].ravel(), minlength=256)[:256]
     declared: dict[int, str] = {}
     if model:
         with contextlib.suppress(MedhubError):
-            from medhub.models.catalog import get_model
-
             declared = dict(get_model(model).card.outputs.segments)
     rows = []
     for label in sorted(set(declared) | {int(v) for v in np.flatnonzero(counts[1:]) + 1}):

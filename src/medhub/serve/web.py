@@ -27,7 +27,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from medhub.errors import MedhubError
+from medhub.hub.catalog import catalog_problems, get_model, list_entries, matches
+from medhub.hub.workflow import load_workflow_file
+from medhub.segdb import load_segment_database
 from medhub.serve import viewer_data
+from medhub.serve.api import model_detail
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -48,8 +52,6 @@ def _settings(request: Request) -> Any:
 
 
 def _catalog() -> list[Any]:
-    from medhub.models.catalog import list_entries
-
     return list_entries()
 
 
@@ -65,23 +67,17 @@ def _options(cards: list[Any]) -> dict[str, list[str]]:
 def _card_facets(card: Any, options: dict[str, list[str]]) -> dict[str, str]:
     """For each filter, the offered values this card matches (the page filters on these, so the
     page and the server, which uses ``catalog.matches``, always agree)."""
-    from medhub.models.catalog import matches
-
     return {key: " ".join(v for v in values if matches(card, **{key: v})) for key, values in options.items()}
 
 
 def _swatches(card: Any) -> list[dict[str, Any]]:
     """Segment names and colours for the catalog's swatches (the segment database is parsed once)."""
-    from medhub.segdb import load_segment_database
-
     database = load_segment_database()
     found = [database.get(segment_id) for _, segment_id in sorted(card.outputs.segments.items())]
     return [{"name": spec.name, "color": list(spec.color)} for spec in found if spec is not None]
 
 
 def _workflows(entry: Any) -> list[dict[str, str]]:
-    from medhub.workflow import load_workflow_file
-
     found = []
     for name, path in sorted(entry.workflows.items(), key=lambda item: (item[0] != "default", item[0])):
         try:
@@ -112,8 +108,6 @@ def _page(request: Request, name: str, status_code: int = 200, **context: Any) -
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def catalog_page(request: Request, modality: str = "", body_part: str = "", task: str = "") -> HTMLResponse:
     """The model catalog; the query parameters pre-filter it (the page's JS refines it live)."""
-    from medhub.models.catalog import catalog_problems, matches
-
     entries = _catalog()
     cards = [e.card for e in entries]
     options = _options(cards)
@@ -134,15 +128,11 @@ def catalog_page(request: Request, modality: str = "", body_part: str = "", task
 @router.get("/models/{name}", response_class=HTMLResponse, include_in_schema=False)
 def model_page(request: Request, name: str) -> HTMLResponse:
     """One model: card, citation, licences, segments with colours, how to run it."""
-    from medhub.models.catalog import get_model
-
     try:
         entry = get_model(name)
     except MedhubError as error:
         return _page(request, "error.html", status_code=404, title="Model not found", message=str(error))
     card = entry.card
-    from medhub.serve.api import model_detail
-
     detail = model_detail(card.id, str(request.base_url))  # the same segments as GET /api/models/{name}
     return _page(request, "model.html", entry=entry, card=card, segments=detail["segments"],
                  workflows=_workflows(entry), commands=commands(detail, str(request.base_url)),

@@ -1,7 +1,7 @@
 """Volume array + LPS affine → NIfTI-1 (``.nii`` or ``.nii.gz`` by the path's suffix).
 
 NIfTI's world space is RAS, DICOM's is LPS; the flip happens here and nowhere else (with
-``medhub.volume.LPS_TO_RAS``). Label maps are stored as the smallest unsigned integer type
+``medhub.data.volume.LPS_TO_RAS``). Label maps are stored as the smallest unsigned integer type
 that holds them (uint8 / uint16) so viewers treat them as labels and files stay small.
 Uncompressed ``.nii`` is the fast choice for work files: gzip cost MHub 12 s of 13.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medhub.data.volume import LPS_TO_RAS
 from medhub.errors import MedhubError
-from medhub.volume import LPS_TO_RAS
 
 
 def _storage_array(array: np.ndarray, path: Path) -> np.ndarray:

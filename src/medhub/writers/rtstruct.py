@@ -6,7 +6,7 @@ attributes). This module fills every Type 1 and Type 2 attribute of the modules 
 Structure Set IOD (PS3.3 A.19): Patient, General Study, RT Series, General Equipment,
 Frame of Reference, Structure Set, ROI Contour, RT ROI Observations and SOP Common.
 
-Contours are traced on the real source planes (:class:`medhub.volume.SourceGrid`), one
+Contours are traced on the real source planes (:class:`medhub.data.volume.SourceGrid`), one
 CLOSED_PLANAR contour per outline; holes are extra contours read with the even-odd rule
 (see :mod:`medhub.writers.contours`). ContourData is written with 0.01 mm precision, which
 keeps every value within the 16 characters of DS.
@@ -27,8 +27,8 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
 import medhub
+from medhub.data.volume import SourceGrid, SourcePlane
 from medhub.errors import MedhubError
-from medhub.volume import SourceGrid, SourcePlane
 from medhub.writers.contours import DEFAULT_TOLERANCE, label_boxes, labelmap_to_polygons, pixels_to_patient
 
 if TYPE_CHECKING:  # only a type here; importing medhub.segdb loads the segment database

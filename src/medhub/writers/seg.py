@@ -22,7 +22,7 @@ What this module decides, so callers do not have to:
 * **Encoding.** Explicit VR Little Endian. BINARY frames are bit-packed (1 bit per pixel,
   what dcmqi and every viewer read); LABELMAP frames are 8 bits (16 above 255 segments).
 
-The label array is ``(n_planes, rows, columns)`` in :class:`~medhub.volume.SourceGrid`
+The label array is ``(n_planes, rows, columns)`` in :class:`~medhub.data.volume.SourceGrid`
 plane order, i.e. already on the real source planes (the pipeline resamples back first).
 """
 
@@ -45,10 +45,10 @@ from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code as PydicomCode
 from pydicom.uid import ExplicitVRLittleEndian
 
+from medhub.data.volume import SourceGrid
 from medhub.errors import MedhubError
-from medhub.provenance import AlgorithmInfo, device_info
 from medhub.segdb import Code, SegmentSpec, get_segment
-from medhub.volume import SourceGrid
+from medhub.writers.provenance import AlgorithmInfo, device_info
 
 _MAX_SEGMENTS = 65535
 

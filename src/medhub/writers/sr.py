@@ -36,9 +36,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from medhub.data.volume import SourceGrid
 from medhub.errors import MedhubError
-from medhub.provenance import AlgorithmInfo, device_info
-from medhub.volume import SourceGrid
+from medhub.writers.provenance import AlgorithmInfo, device_info
 
 PRIVATE_SCHEME = "99MEDHUB"
 PROBABILITY = Code("122157", "DCM", "Probability")

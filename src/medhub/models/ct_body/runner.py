@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from medhub.data.prediction import Prediction
+from medhub.data.volume import Volume
 from medhub.errors import SeriesSkipped
-from medhub.models.base import Prediction
-from medhub.volume import Volume
 
 BODY, LEFT_LUNG, RIGHT_LUNG, BONE, LUNG = 1, 2, 3, 4, 5
 SEGMENTS = {BODY: "BODY", LEFT_LUNG: "LEFT_LUNG", RIGHT_LUNG: "RIGHT_LUNG", BONE: "BONE", LUNG: "LUNG"}

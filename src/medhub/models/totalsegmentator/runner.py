@@ -38,12 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from medhub.data.prediction import Prediction
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.models.base import Prediction
-from medhub.models.card import ModelCard, load_card
-from medhub.models.catalog import require_module
-from medhub.volume import Volume
-from medhub.weights import ENV_MIRROR, WeightFile, ensure_weights, mirror_setting, weights_cache_dir
+from medhub.hub.card import ModelCard, load_card
+from medhub.hub.catalog import require_module
+from medhub.hub.weights import ENV_MIRROR, WeightFile, ensure_weights, mirror_setting, weights_cache_dir
 
 MODEL_ID = "totalsegmentator"
 CARD_PATH = Path(__file__).resolve().with_name("card.yaml")

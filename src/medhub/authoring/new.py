@@ -1,0 +1,315 @@
+"""``medhub new NAME``: a model package that installs, registers itself and passes ``medhub check``.
+
+Why a working model and not empty stubs: an author learns the contract fastest by changing
+something that runs. The scaffold's runner is a trivial threshold model (bone = voxels above
+300 HU on CT) with a synthetic sample CT written by :func:`medhub.inputs.synth.write_dicom_series`,
+so ``medhub check`` passes before the first edit, and each edit can be checked again.
+
+Layout (``NAME`` = ``my-model`` gives package ``my_model``)::
+
+    my-model/
+      pyproject.toml            entry point  [project.entry-points."medhub.models"] my-model = "my_model"
+      README.md
+      src/my_model/__init__.py
+      src/my_model/card.yaml    the model card (docs/model-card.md)
+      src/my_model/runner.py    class Runner: load(device, params), predict(volume, params)
+      src/my_model/sample.py    write_sample(out_dir, model_id): the sample input for medhub check
+      src/my_model/workflows/default.yml
+      src/my_model/reference/   labels.nii.gz + values.json, written by the first check
+      tests/test_model.py
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import sys
+from pathlib import Path
+
+from medhub.authoring.check import check_model
+from medhub.errors import MedhubError
+
+_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+def model_names(name: str) -> tuple[str, str]:
+    """``(model id, python package)`` for NAME: ``My_Model`` → ``('my-model', 'my_model')``."""
+    model_id = name.strip().lower().replace("_", "-")
+    if not _ID.match(model_id):
+        raise MedhubError(f"model name {name!r}: use letters, digits and dashes, starting with a letter "
+                          "(e.g. 'liver-seg')")
+    package = model_id.replace("-", "_")
+    if keyword.iskeyword(package):
+        raise MedhubError(f"model name {name!r} is a Python keyword; choose another")
+    return model_id, package
+
+
+def create(name: str, parent: Path, *, write_reference: bool = True) -> Path:
+    """Write the package for ``name`` into ``parent/<id>`` and return that folder.
+
+    With ``write_reference`` the first ``medhub check`` run writes ``reference/`` so the new
+    package passes its own check at once (the reference is then the model's own output).
+    """
+    model_id, package = model_names(name)
+    root = Path(parent) / model_id
+    if _shadows_installed(package):
+        raise MedhubError(f"a Python module named '{package}' is already installed; choose another name")
+    if root.exists() and any(root.iterdir()):
+        raise MedhubError(f"{root} exists and is not empty; choose another name or --dir")
+    files = {
+        "pyproject.toml": PYPROJECT,
+        "README.md": README,
+        f"src/{package}/__init__.py": INIT,
+        f"src/{package}/card.yaml": CARD,
+        f"src/{package}/runner.py": RUNNER,
+        f"src/{package}/sample.py": SAMPLE,
+        f"src/{package}/workflows/default.yml": WORKFLOW,
+        "tests/test_model.py": TEST,
+    }
+    for relative, template in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(template.replace("{{ID}}", model_id).replace("{{PKG}}", package), encoding="utf-8")
+    if write_reference:
+        failed = [r.line() for r in check_model(str(root), write_reference=True) if r.failed]
+        if failed:  # a bug of medhub, not of the author: say so plainly
+            raise MedhubError(f"scaffold written to {root}, but its first check failed: {failed[0]}")
+    return root
+
+
+def _shadows_installed(package: str) -> bool:
+    """True when ``package`` names the standard library or an installed module (a namespace folder does not count)."""
+    import importlib.util
+
+    if package in sys.stdlib_module_names:
+        return True
+    if package in sys.modules:  # e.g. a package checked earlier in this process from another folder
+        return False
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and spec.origin is not None and spec.has_location
+
+
+PYPROJECT = '''\
+[build-system]
+requires = ["setuptools>=69"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "medhub-{{ID}}"
+version = "0.1.0"
+description = "{{ID}}: a model for medhub"
+requires-python = ">=3.11"
+dependencies = ["medhub"]  # add the model's own requirements here AND in card.yaml (pinned)
+
+# This line is what makes `pip install` add the model to `medhub models`:
+# the value names the package whose folder holds card.yaml, runner.py and workflows/.
+[project.entry-points."medhub.models"]
+{{ID}} = "{{PKG}}"
+
+[tool.setuptools.packages.find]
+where = ["src"]
+
+[tool.setuptools.package-data]
+{{PKG}} = ["card.yaml", "workflows/*.yml", "reference/*"]
+'''
+
+README = '''\
+# {{ID}}
+
+A model for [medhub](https://github.com/). Layout, card fields and the check are described in
+medhub's docs/adding-a-model.md.
+
+    medhub check .                      # validate card, runner, workflows, run on the sample, compare
+    medhub check . --write-reference    # after an intended change of the outputs: review, then commit
+    pip install .                       # then: medhub models / medhub info {{ID}}
+    medhub run {{ID}} --input DICOM_FOLDER --output OUT
+    pytest tests
+'''
+
+INIT = '''\
+"""{{ID}}: a medhub model (card.yaml, runner.py, workflows/). Keep this file light: the catalog finds it."""
+'''
+
+CARD = '''\
+# The model card: medhub's docs/model-card.md explains every field; `medhub check .` validates it.
+id: {{ID}}
+name: {{ID}}
+title: "{{ID}}: bone on CT by a Hounsfield threshold (template)"
+description: >-
+  Template model written by `medhub new`: every voxel above a Hounsfield-unit threshold (300 HU by
+  default) is labelled bone. Replace the runner with your model and this text with what it does,
+  on which data, and its limits.
+version: "0.1.0"
+task: segmentation
+modality: [CT]
+body_part: CHEST
+inputs:
+  - query: "dicom:mod=ct"           # which series the model accepts (MHub's data-type query)
+    label: CT
+    description: "CT in Hounsfield units, axial slices"
+    contrast: any
+    slice_thickness: "any"
+    min_slices: 5
+outputs:
+  segments:
+    1: BONE                         # label value -> segment database ID (see `medhub info ct-body`)
+  values:
+    - name: bone_volume_ml
+      type: float
+      unit: ml
+      description: "volume of the bone label"
+architecture: "Hounsfield-unit threshold (no learned parameters)"
+training_type: algorithmic
+training_data: []
+evaluation_data: []
+citation: "none (template model)"
+publications: []
+licence:
+  code: Apache-2.0
+  weights: "none (no weights)"
+source: "https://example.org/your/repository"
+requirements:                       # pin (==) what your results depend on
+  - "numpy>=1.26"
+weights: []                         # files with url + sha256 (+ size); `medhub pull {{ID}}` fetches them
+devices: [cpu]
+memory:
+  ram_gb: 0.5
+  note: "a 512x512x300 CT"
+sample:
+  description: "synthetic CT phantom (body with a bone cylinder) made by medhub.inputs.synth"
+  generator: "{{PKG}}.sample:write_sample"
+  reference:
+    workflow: default
+    folder: reference               # labels.nii.gz + values.json from `medhub check . --write-reference`
+    min_dice: 0.99
+    value_rtol: 0.001
+'''
+
+RUNNER = '''\
+"""{{ID}} runner: label every voxel above a Hounsfield-unit threshold as bone (a template to replace).
+
+medhub calls ``load`` once per process and ``predict`` once per series. ``volume.array`` is
+indexed [x=column, y=row, z=slice] with ``volume.affine_lps`` mapping voxels to LPS mm; the
+returned label map must have exactly that shape. Import heavy packages (torch, ...) inside
+``load`` so that `medhub models` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medhub.data.prediction import Prediction
+from medhub.data.volume import Volume
+
+BONE = 1
+
+
+class Runner:
+    """Threshold model: no weights; ``params`` come from the workflow's ``predict`` module."""
+
+    def load(self, device: str, params: dict[str, Any]) -> None:
+        """Load weights once (none here); ``device`` is cpu, cuda or mps."""
+        self.device = device
+
+    def predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
+        """Bone mask (label 1) and its volume in ml."""
+        threshold = float(params.get("threshold", 300.0))
+        mask = np.asarray(volume.array) > threshold
+        voxel_ml = abs(float(np.linalg.det(volume.affine_lps[:3, :3]))) / 1000.0
+        return Prediction(
+            labels=mask.astype(np.uint8) * BONE,
+            segments={BONE: "BONE"},
+            values={"bone_volume_ml": round(float(mask.sum()) * voxel_ml, 3)},
+        )
+'''
+
+SAMPLE = '''\
+"""Sample input for `medhub check`: a small synthetic CT phantom written as a DICOM series.
+
+Replace it with real data that may be redistributed (or point the card's ``sample`` at a
+path or a URL with its SHA-256) and rewrite the reference with `medhub check . --write-reference`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medhub.inputs.synth import write_dicom_series
+
+
+def phantom() -> tuple[np.ndarray, np.ndarray]:
+    """(HU array [x, y, z], LPS affine): air, a water-like body ellipse and a bone cylinder."""
+    shape = (64, 48, 12)
+    x, y, _ = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
+    body = ((x - 32) / 28) ** 2 + ((y - 24) / 20) ** 2 <= 1
+    bone = (x - 40) ** 2 + (y - 28) ** 2 <= 36
+    noise = np.random.default_rng(0).normal(0.0, 20.0, shape)
+    hu = np.where(body, 40.0 + noise, -1000.0)
+    hu[bone] = 700.0 + noise[bone]
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = (-25.6, -19.2, -15.0)
+    return np.rint(hu).astype(np.int16), affine
+
+
+def write_sample(out_dir: Path, model_id: str) -> Path:
+    """Write the phantom as a CT series into ``out_dir/phantom`` and return that folder."""
+    array, affine = phantom()
+    folder = Path(out_dir) / "phantom"
+    write_dicom_series(array, affine, folder, modality="CT", body_part="CHEST",
+                       series_description=f"{model_id} sample phantom")
+    return folder
+'''
+
+WORKFLOW = '''\
+general:
+  name: default
+  description: "Bone above a Hounsfield threshold, written as DICOM SEG."
+execute: [select, load, predict, write_seg]
+modules:
+  select:
+    input: "dicom:mod=ct"   # must be one of the card's input queries
+    min_slices: 5
+  predict:
+    threshold: 300          # HU; passed to Runner.predict as params["threshold"]
+  write_seg:
+    labelmap: false
+'''
+
+TEST = '''\
+"""Tests of {{ID}}: the runner on a tiny volume, and the whole `medhub check`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medhub.authoring.check import check_model
+from medhub.data.volume import Volume
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_runner_labels_voxels_above_the_threshold():
+    from {{PKG}}.runner import Runner
+
+    array = np.full((4, 4, 2), -1000, dtype=np.int16)
+    array[1, 1, 0] = 800
+    runner = Runner()
+    runner.load("cpu", {})
+    prediction = runner.predict(Volume(array=array, affine_lps=np.eye(4), source=None), {"threshold": 300})
+    assert prediction.labels.shape == array.shape
+    assert int(prediction.labels.sum()) == 1 and prediction.segments == {1: "BONE"}
+
+
+def test_medhub_check_passes():
+    failed = [r.line() for r in check_model(str(PROJECT)) if r.failed]
+    assert not failed, "\\n".join(failed)
+'''

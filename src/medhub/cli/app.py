@@ -1,0 +1,76 @@
+"""The typer app every command registers on, and what all commands share: errors, options, exit codes.
+
+Bad input ends with one line on stderr and exit code 2, never a traceback (``--debug`` shows
+it). Exit codes of ``run``: 0 every chosen series succeeded, 1 some failed (the others are
+written), 2 nothing could be done.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import click
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+
+from medhub.errors import MedhubError
+
+COMMAND_ORDER = ("run", "doctor", "models", "info", "pull", "check", "new", "schema", "serve", "heads")
+
+
+class _InOrder(TyperGroup):
+    """Lists commands in the order a user meets them (``run`` first), not in the order modules register them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda name: rank.get(name, len(rank)))
+
+
+app = typer.Typer(
+    cls=_InOrder,
+    help="Run published medical imaging models on raw DICOM; write valid DICOM SEG / RTSTRUCT.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+if not console.is_terminal:  # a log file or pipe: do not wrap tables at 80 columns
+    console = Console(width=200)
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_DONE = 0, 1, 2
+
+
+def user_errors(function: F) -> F:
+    """Turn MedhubError into one line + exit 2, and unexpected errors into one line + exit 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(kwargs.get("debug"))
+        try:
+            return function(*args, **kwargs)
+        except MedhubError as exc:
+            if debug:
+                raise
+            typer.echo(f"medhub: {exc}", err=True)
+            raise typer.Exit(EXIT_NOTHING_DONE) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if debug:
+                raise
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            typer.echo(f"medhub: internal error: {message} (run with --debug for the traceback)", err=True)
+            raise typer.Exit(EXIT_SOME_FAILED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+

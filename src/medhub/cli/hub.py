@@ -1,0 +1,260 @@
+"""The hub's commands: ``models``, ``info``, ``pull``, ``new``, ``check``, ``schema``.
+
+They live here to keep :mod:`medhub.cli.main` (run, doctor) small; importing this module registers
+them on the same typer app. Every command that prints a table also has ``--json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from medhub.cli.app import EXIT_SOME_FAILED, DebugOption, JsonOption, app, console, user_errors
+from medhub.errors import MedhubError
+
+
+def _warn_catalog_problems() -> None:
+    """A broken third-party card must not hide silently, nor break the listing of the others."""
+    from medhub.hub.catalog import catalog_problems
+
+    for problem in catalog_problems():
+        typer.echo(f"medhub: warning: {problem}", err=True)
+
+
+def _summary_row(card: Any) -> dict[str, Any]:
+    return {
+        "id": card.id, "version": card.version, "title": card.title, "task": card.task,
+        "outputs": card.outputs.kinds, "modality": card.modality, "body_part": card.body_part,
+        "training_type": card.training_type, "licence": card.licence.model_dump(), "devices": card.devices,
+    }
+
+
+@app.command()
+@user_errors
+def models(
+    modality: Annotated[str | None, typer.Option("--modality", help="Only models for this modality (CT, MR).")] = None,
+    body_part: Annotated[str | None, typer.Option("--body-part", help="Only models for this body part "
+                                                                       "(HEAD, BRAIN, CHEST, ...).")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="segmentation, classification, prediction, ...")] = None,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """List the models in the catalog (built-in and installed packages), optionally filtered."""
+    from medhub.hub.catalog import list_entries, matches
+
+    entries = [e for e in list_entries() if matches(e.card, modality=modality, body_part=body_part, task=task)]
+    _warn_catalog_problems()
+    if json_output:
+        console.print_json(json.dumps([{**_summary_row(e.card), "origin": e.origin} for e in entries]))
+        return
+    table = Table(title=f"medhub models ({len(entries)})")
+    table.add_column("model", no_wrap=True)
+    for column in ("version", "modality", "body part", "outputs", "licence (code / weights)", "title"):
+        table.add_column(column)
+    for entry in entries:
+        card = entry.card
+        table.add_row(card.id, card.version, ", ".join(card.modality), card.body_part,
+                      ", ".join(card.outputs.kinds) or card.task, f"{card.licence.code} / {card.licence.weights}",
+                      card.title)
+    console.print(table)
+
+
+def model_info(entry: Any) -> dict[str, Any]:
+    """Everything ``medhub info`` shows: the card plus resolved segment codes, weights, workflows, run command."""
+    from medhub.hub.catalog import weights_status
+    from medhub.segdb import load_segment_database
+
+    card = entry.card
+    database = load_segment_database()
+    segments = []
+    for value, segment_id in sorted(card.outputs.segments.items()):
+        spec = database.get(segment_id)
+        item: dict[str, Any] = {"label": value, "id": segment_id}
+        if spec is None:
+            item["error"] = "not in the segment database"
+        else:
+            item["name"] = spec.name
+            for part in ("category", "type", "modifier"):
+                code = getattr(spec, part)
+                item[part] = None if code is None else {"value": code.value, "scheme": code.scheme,
+                                                        "meaning": code.meaning}
+        segments.append(item)
+    return {
+        "card": card.model_dump(mode="json"),
+        "origin": entry.origin,
+        "path": str(entry.path),
+        "segments": segments,
+        "workflows": sorted(entry.workflows),
+        "weights": [{"name": w.name, "state": w.state, "path": str(w.path) if w.path else None, "source": w.detail}
+                    for w in weights_status(entry)],
+        "run": f"medhub run {card.id} --input DICOM_FOLDER --output OUT",
+    }
+
+
+@app.command()
+@user_errors
+def info(
+    model: Annotated[str, typer.Argument(help="Model name (see `medhub models`).")],
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show a model's card: inputs, outputs with segment codes, citation, licences, weights, run command."""
+    from medhub.hub.catalog import get_model
+
+    entry = get_model(model)
+    data = model_info(entry)
+    if json_output:
+        console.print_json(json.dumps(data))
+        return
+    card = entry.card
+    say = _plain
+    console.print(f"[bold]{card.id}[/bold] {card.version}: {card.title}", highlight=False)
+    say(card.description)
+    say(f"task: {card.task}; modality: {', '.join(card.modality)}; body part: {card.body_part}; "
+        f"from: {entry.origin} ({entry.path})")
+    for spec in card.inputs:
+        rules = [f"{k}={v}" for k, v in (("min_slices", spec.min_slices), ("max_slices", spec.max_slices),
+                                         ("max_slice_thickness_mm", spec.max_slice_thickness_mm)) if v is not None]
+        extras = [x for x in (spec.contrast and f"contrast: {spec.contrast}",
+                              spec.slice_thickness and f"slice thickness: {spec.slice_thickness}") if x]
+        label = f"input {spec.label}" if spec.label else "input"
+        say(f"{label}: {spec.query} {' '.join(rules)} {'; '.join(extras)} {spec.description}")
+    if data["segments"]:
+        table = Table(title="segments")
+        for column in ("label", "id", "name", "category (SCT)", "type (SCT)", "modifier"):
+            table.add_column(column)
+        for item in data["segments"]:
+            if "error" in item:
+                table.add_row(str(item["label"]), item["id"], item["error"], "", "", "")
+                continue
+            code = "{value} {meaning}".format
+            table.add_row(str(item["label"]), item["id"], item["name"], code(**item["category"]),
+                          code(**item["type"]), code(**item["modifier"]) if item["modifier"] else "")
+        console.print(table)
+    for value in card.outputs.values:
+        say(f"value: {value.name} ({value.type}{', ' + value.unit if value.unit else ''}) {value.description}")
+    for classification in card.outputs.classifications:
+        say(f"classification: {classification.name}: {', '.join(classification.classes)}")
+    say(f"architecture: {card.architecture}; training: {card.training_type}")
+    for label, sets in (("training data", card.training_data), ("evaluation data", card.evaluation_data)):
+        if sets:
+            say(f"{label}: " + "; ".join(d.name + (f" ({d.cases} cases)" if d.cases else "") for d in sets))
+    say(f"citation: {card.citation}")
+    for publication in card.publications:
+        say(f"publication: {publication.title + ' ' if publication.title else ''}{publication.uri}")
+    say(f"licence: code {card.licence.code}, weights {card.licence.weights}; source: {card.source}")
+    if card.requirements:
+        say(f"requirements: {', '.join(card.requirements)}")
+    memory = f"; memory: {card.memory.ram_gb:g} GB RAM" if card.memory else ""
+    say(f"devices: {', '.join(card.devices)}{memory}")
+    for weight in data["weights"]:
+        say(f"weights: {weight['name']}: {weight['state']} {weight['path'] or weight['source']}")
+    say(f"workflows: {', '.join(data['workflows'])}")
+    say(f"run: {data['run']}")
+
+
+def _plain(text: str) -> None:
+    console.print(" ".join(text.split()), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def pull(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    offline: Annotated[bool, typer.Option("--offline", help="Use only the cache and MEDHUB_WEIGHTS_MIRROR.")] = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Fetch a model's weights (verified by SHA-256) and, if it needs one, create its environment."""
+    from medhub.hub.catalog import get_model, pull_weights
+
+    entry = get_model(model)
+    paths = pull_weights(entry, progress=not json_output, offline=offline)
+    env = _ensure_env(entry, quiet=json_output)
+    if json_output:
+        console.print_json(json.dumps({"model": entry.id, "weights": {k: str(v) for k, v in paths.items()},
+                                       "environment": str(env) if env else None}))
+        return
+    if not paths:
+        _plain(f"{entry.id}: no weights to fetch")
+    for name, path in paths.items():
+        _plain(f"{entry.id}: {name} → {path}")
+    _plain(f"{entry.id}: environment {env}" if env else f"{entry.id}: runs in medhub's own environment")
+
+
+def _ensure_env(entry: Any, *, quiet: bool) -> Path | None:
+    """Create the model's isolated environment when :mod:`medhub.hub.envs` is there and says it needs one."""
+    try:
+        envs = importlib.import_module("medhub.hub.envs")
+    except ImportError:
+        return None
+    if not envs.needs_isolation(entry.card):
+        return None
+    return envs.ensure_env(entry, log=None if quiet else _plain)
+
+
+@app.command()
+@user_errors
+def new(
+    name: Annotated[str, typer.Argument(help="Model name: letters, digits and dashes (e.g. liver-seg).")],
+    dir: Annotated[Path, typer.Option("--dir", help="Folder to create the package in.")] = Path("."),
+    debug: DebugOption = False,
+) -> None:
+    """Scaffold a model package (card, runner, workflow, sample, test) that passes `medhub check`."""
+    from medhub.authoring.new import create
+
+    root = create(name, dir)
+    _plain(f"created {root}")
+    _plain(f"next: edit {root}/src/*/card.yaml and runner.py, then: medhub check {root}; "
+           f"pip install {root}; medhub models")
+
+
+@app.command()
+@user_errors
+def check(
+    target: Annotated[str, typer.Argument(help="A model folder / package project, or a model name.")],
+    write_reference: Annotated[bool, typer.Option("--write-reference",
+                                                  help="Write the reference outputs from this run.")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Validate a model: card, runner, workflows, segments, weights; run it on its sample; compare."""
+    from medhub.authoring.check import check_model, results_json
+
+    results = check_model(target, device=device, write_reference=write_reference)
+    failed = [r for r in results if r.failed]
+    if json_output:
+        console.print_json(json.dumps({"passed": not failed, "results": results_json(results)}))
+    else:
+        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for result in results:  # typer.echo: one line per result whatever the terminal width
+            typer.echo(typer.style(result.line(), fg=colours[result.status]) if result.failed else result.line())
+        typer.echo(f"{len(failed)} check(s) failed" if failed else "all checks passed")
+    if failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command()
+@user_errors
+def schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Print (or write) the JSON Schema of card.yaml; docs/model-card.schema.json is this output."""
+    from medhub.hub.card import card_json_schema_text
+
+    text = card_json_schema_text()
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise MedhubError(f"cannot write {output}: {exc.strerror or exc}") from None
+    _plain(f"wrote {output}")

