@@ -308,7 +308,15 @@ def test_sample_run_with_deepbet(tmp_path: Path, assert_valid_dicom) -> None:
     out = tmp_path / "out"
     result = medhub("run", "deepbet", "--sample", "--output", str(out))
     assert result.returncode == 0, result.stderr
-    entry = next(e for e in _report(out)["series"] if e["status"] == "succeeded")
+    report = _report(out)
+    entry = next(e for e in report["series"] if e["status"] == "succeeded")
     seg_path = out / entry["outputs"][0]
     assert_valid_dicom(seg_path)
     assert 1200 < entry["values"]["brain_volume_ml"] < 2200
+    # The sample is kept in OUT: every image the SEG references is there.
+    assert report["input_path"] == "sample-input/mni152_t1_1mm"
+    kept = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in (out / report["input_path"]).iterdir()}
+    seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    referenced = {item.ReferencedSOPInstanceUID for series in seg.ReferencedSeriesSequence
+                  for item in series.ReferencedInstanceSequence}
+    assert referenced and referenced <= kept

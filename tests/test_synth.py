@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pydicom
 import pytest
 
 from medhub.errors import MedhubError
 from medhub.inputs.load import load_series
-from medhub.inputs.sample import write_sample
+from medhub.inputs.sample import keep_sample, write_sample
 from medhub.inputs.scan import scan
 from medhub.inputs.synth import write_dicom_series
 
@@ -108,3 +110,32 @@ def test_ct_body_has_no_sample(tmp_path):
         write_sample(tmp_path, "ct-body")
     with pytest.raises(MedhubError, match="samples exist for: deepbet"):
         write_sample(tmp_path, "nope")
+
+
+def test_kept_sample_is_the_same_bytes_on_every_run_and_never_replaces_foreign_files(tmp_path):
+    """``--sample`` keeps its input in OUT/sample-input/ with content-derived UIDs: a second run finds the same."""
+    pytest.importorskip("nilearn")
+    out = tmp_path / "out"
+    first = keep_sample(out, "deepbet")
+    assert first == out / "sample-input" / "mni152_t1_1mm"
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in first.iterdir()}
+    stamps = {p.name: p.stat().st_mtime_ns for p in first.iterdir()}
+    headers = [pydicom.dcmread(first / name, stop_before_pixels=True) for name in ("IM00001.dcm", "IM00002.dcm")]
+    assert headers[0].SeriesInstanceUID == headers[1].SeriesInstanceUID
+    assert headers[0].SOPInstanceUID != headers[1].SOPInstanceUID
+
+    again = keep_sample(out, "deepbet")  # same bytes: left untouched
+    assert again == first
+    assert {p.name: p.stat().st_mtime_ns for p in again.iterdir()} == stamps
+    elsewhere = keep_sample(tmp_path / "other", "deepbet")  # a fresh folder: byte-identical files
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in elsewhere.iterdir()} == digests
+    assert not list(out.glob(".sample-input*"))  # no staging folder left
+
+    (first / "IM00001.dcm").write_bytes(b"changed")  # ours, but changed: rewritten
+    keep_sample(out, "deepbet")
+    assert hashlib.sha256((first / "IM00001.dcm").read_bytes()).hexdigest() == digests["IM00001.dcm"]
+    mine = out / "sample-input" / "notes.txt"  # not ours: refused, never deleted
+    mine.write_text("my notes")
+    with pytest.raises(MedhubError, match="holds files medhub did not write there"):
+        keep_sample(out, "deepbet")
+    assert mine.read_text() == "my notes"

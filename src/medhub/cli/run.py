@@ -76,19 +76,18 @@ def run(
     # SIGTERM (a batch system's kill) unwinds like Ctrl-C, so temporary files are removed on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     progress = JsonLinesProgress() if json_progress else RichProgress()
-    scratch: Path | None = None  # sample data or a DICOMweb download, removed after the run
+    scratch: Path | None = None  # a DICOMweb download, removed after the run
     try:
-        if sample:
-            from medhub.inputs.sample import write_sample
+        if sample:  # kept in OUT/sample-input/, so the results' references resolve (medhub view OUT)
+            from medhub.inputs.sample import keep_sample
 
-            scratch = Path(tempfile.mkdtemp(prefix="medhub-sample-"))
-            source = write_sample(scratch, entry.card.id)
+            source = keep_sample(output, entry.card.id)
         else:
             source = _resolve_input(str(input), progress)
             scratch = source if source != Path(str(input)) else None
         options = RunOptions(input_path=source, output_dir=output, workflow=chosen, device=device,
                              template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug,
-                             resume=resume, input_label=_input_label(input, sample))
+                             resume=resume, input_label=_input_label(input, sample, source, output))
         if scheduler or workers:
             from medhub.pipeline.cluster import DaskExecutor
 
@@ -108,12 +107,12 @@ def run(
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-def _input_label(value: str | None, sample: bool) -> str:
+def _input_label(value: str | None, sample: bool, source: Path, output: Path) -> str:
     """What the report names as the input: the path, or the DICOMweb URL without credentials."""
     from medhub.inputs.dicomweb import is_dicomweb_url, redact_url
 
     if sample or value is None:
-        return "sample data"
+        return f"sample data ({source.relative_to(output).as_posix()})"
     return redact_url(value) if is_dicomweb_url(value) else value
 
 

@@ -1,12 +1,22 @@
-"""Sample input for trying a model without one's own data (``medhub sample MODEL OUT``).
+"""Sample input for trying a model without one's own data (``medhub run MODEL --sample``).
 
 Only data that ships inside an installed wheel is used: nothing is downloaded. deepbet gets
 nilearn's bundled MNI152 T1 template (1 mm, with skull) written as a DICOM MR series. There is
 no freely redistributable CT bundled in any dependency, so ct-body has no sample.
+
+The sample is written byte for byte the same on every run: its UIDs derive from the template's
+voxels and geometry, its dates are fixed. ``medhub run --sample`` keeps it in the output folder
+(``OUT/sample-input/``, :func:`keep_sample`), so the SEG's references to its source images
+resolve (``medhub view OUT`` shows the mask over it) and a second run is comparable to the first.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +36,11 @@ def _mni152_t1(out_dir: Path) -> Path:
     # nilearn scales the template to 0..1; MR intensities are arbitrary units, so store integers
     # 0..1000 (no Rescale Slope/Intercept, which the MR IOD does not define and viewers mishandle).
     scaled = np.rint(data / max(float(data.max()), 1e-6) * 1000.0).astype(np.int16)
+    affine_lps = LPS_TO_RAS @ image.affine  # NIfTI RAS → DICOM LPS
     folder = out_dir / "mni152_t1_1mm"
     write_dicom_series(
         scaled,
-        LPS_TO_RAS @ image.affine,  # NIfTI RAS → DICOM LPS
+        affine_lps,
         folder,
         modality="MR",
         series_description="MNI152 T1 1mm template (nilearn)",
@@ -37,8 +48,17 @@ def _mni152_t1(out_dir: Path) -> Path:
         patient_id="MNI152",
         patient_name="MNI152^Template",
         body_part="HEAD",
+        uid_seed=content_seed(scaled, affine_lps),
+        acquired=dt.datetime(2009, 1, 1),  # the template's year (ICBM 2009), fixed so every run writes the same bytes
     )
     return folder
+
+
+def content_seed(array: np.ndarray, affine: np.ndarray) -> str:
+    """A digest of the voxels and the geometry: the sample's UIDs are derived from it."""
+    digest = hashlib.sha256(np.ascontiguousarray(array).tobytes())
+    digest.update(str(array.shape).encode() + np.asarray(affine, dtype=np.float64).round(6).tobytes())
+    return digest.hexdigest()
 
 
 _SAMPLES = {"deepbet": _mni152_t1}
@@ -54,3 +74,43 @@ def write_sample(out_dir: Path, model_id: str) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return _SAMPLES[key](out_dir)
+
+
+SAMPLE_FOLDER = "sample-input"
+_SAMPLE_FILE = re.compile(r"^[a-z0-9_]+/IM\d{5}\.dcm$")
+
+
+def keep_sample(output_dir: Path, model_id: str) -> Path:
+    """Write the model's sample into ``OUTPUT/sample-input/`` and return the folder of its series.
+
+    The sample is written in a staging folder and swapped in only when complete; a folder
+    holding the same bytes is left as it is. A ``sample-input`` folder holding anything medhub
+    does not write there is refused, never deleted.
+    """
+    output_dir = Path(output_dir)
+    target = output_dir / SAMPLE_FOLDER
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in output_dir.glob(f".{SAMPLE_FOLDER}.*.partial"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = output_dir / f".{SAMPLE_FOLDER}.{os.getpid()}.partial"
+    try:
+        series = write_sample(staging, model_id)
+        relative = series.relative_to(staging)
+        if target.exists():
+            if _tree_bytes(target) == _tree_bytes(staging):
+                return target / relative
+            foreign = [name for name in _tree_bytes(target, read=False) if not _SAMPLE_FILE.match(name)]
+            if foreign:
+                raise MedhubError(f"{target} holds files medhub did not write there ({foreign[0]}, ...); "
+                                  "move them or choose another --output")
+            shutil.rmtree(target)  # an earlier sample (another nilearn version): replaced by this one
+        os.replace(staging, target)
+        return target / relative
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _tree_bytes(root: Path, read: bool = True) -> dict[str, bytes]:
+    """Relative POSIX path → content (or b"" with ``read=False``) of every file under ``root``."""
+    return {path.relative_to(root).as_posix(): path.read_bytes() if read else b""
+            for path in sorted(root.rglob("*")) if path.is_file() or path.is_symlink()}

@@ -92,6 +92,8 @@ def write_dicom_series(
     laterality: str | None = None,
     image_type: tuple[str, ...] | None = None,
     filename_prefix: str = "IM",
+    uid_seed: str | None = None,
+    acquired: dt.datetime | None = None,
 ) -> list[Path]:
     """Write ``array_xyz`` as one DICOM file per ``z`` slice into ``out_dir``; return the paths.
 
@@ -102,6 +104,11 @@ written empty when no ``body_part`` is given, and omitted for a (presumed unpair
 unless ``laterality`` is given. MR files carry
     Rescale Slope/Intercept only for non-integer data (dciodvfy then warns, as for many
     Philips scanners; the values are needed to keep e.g. a float T1 exact).
+
+    ``uid_seed`` makes every UID not given (study, series, frame of reference, each instance) a
+    function of the seed, and ``acquired`` fixes the dates and times (default: now): with both,
+    the same volume gives byte-identical files on every run, so results that reference them
+    (a SEG) stay valid across runs and two runs can be compared file by file.
     """
     modality = modality.upper()
     if modality not in _SOP_CLASSES:
@@ -125,11 +132,17 @@ unless ``laterality`` is given. MR files carry
     lo, hi = np.percentile(array, [1, 99]) if array.size > 1 else (array.min(), array.max())
     center, width = (float(hi) + float(lo)) / 2, max(float(hi) - float(lo), 1.0)
 
-    now = dt.datetime.now()
+    now = acquired or dt.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    study_uid = study_uid or generate_uid()
-    series_uid = series_uid or generate_uid()
-    frame_of_reference_uid = frame_of_reference_uid or generate_uid()
+
+    def new_uid(*parts: object) -> str:
+        if uid_seed is None:
+            return generate_uid()
+        return generate_uid(entropy_srcs=[uid_seed, *(str(part) for part in parts)])
+
+    study_uid = study_uid or new_uid("study")
+    series_uid = series_uid or new_uid("series", series_number)
+    frame_of_reference_uid = frame_of_reference_uid or new_uid("frame-of-reference")
     sop_class = _SOP_CLASSES[modality]
 
     out_dir = Path(out_dir)
@@ -137,7 +150,7 @@ unless ``laterality`` is given. MR files carry
     paths = []
     for k in range(array.shape[2]):
         position = affine @ np.array([0.0, 0.0, float(k), 1.0])
-        sop_uid = generate_uid()
+        sop_uid = new_uid("instance", series_uid, k)
 
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = sop_class

@@ -105,6 +105,7 @@ class RunReport:
     workflow: str
     input: str
     output: str
+    input_path: str = ""  # the local input as read: relative to the output folder when inside it, else absolute
     started: float = field(default_factory=time.time)
     finished: float = 0.0
     files_seen: int = 0

@@ -104,6 +104,7 @@ class Pipeline:
             workflow=self.workflow.general.name,
             input=options.input_label or str(options.input_path),
             output=str(options.output_dir),
+            input_path=_where(options.input_path, options.output_dir),
         )
 
     # -- entry point ---------------------------------------------------------------------------
@@ -382,6 +383,15 @@ class Pipeline:
             "patient_id": patient_id or "anonymous", "modality": modality or "unknown",
             "series_number": series_number or "0", "series_description": description or "none",
         }
+
+
+def _where(input_path: Path, output_dir: Path) -> str:
+    """The input for the report: relative to the output folder when kept inside it (``--sample``), else absolute.
+
+    ``medhub view OUT`` reads it to find the images the results were made from.
+    """
+    source, output = input_path.resolve(), output_dir.resolve()
+    return source.relative_to(output).as_posix() if output in source.parents else str(source)
 
 
 def run(model: Any, options: RunOptions) -> RunReport:
