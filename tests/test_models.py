@@ -16,7 +16,7 @@ from medhub.data.volume import LPS_TO_RAS, Volume
 from medhub.errors import MedhubError
 from medhub.hub.card import load_card
 from medhub.hub.catalog import get_model, list_models, require_module
-from medhub.hub.workflow import load_workflow_file
+from medhub.hub.workflow import load_workflow_file, selection_params
 from medhub.inputs.load import load_series
 from medhub.inputs.scan import scan
 from medhub.inputs.synth import write_dicom_series
@@ -56,7 +56,7 @@ def test_catalog_lists_built_in_models_with_valid_cards_and_workflows():
         for path in entry.workflows.values():
             workflow = load_workflow_file(path)
             assert workflow.execute[:3] == ["select", "load", "predict"]
-            assert workflow.params("select")["input"] == entry.card.inputs[0].query
+            assert selection_params(entry.card, workflow)["input"] == entry.card.inputs[0].query  # from the card
     assert set(get_model("ct_body").workflows) == {"default", "rtstruct"}
     assert "write_rtstruct" in load_workflow_file(get_model("ct-body").workflow("rtstruct")).execute
     assert set(get_model("deepbet").workflows) == {"default", "nifti"}

@@ -161,13 +161,15 @@ def test_any_dicom_keyword_is_looked_up_on_the_first_header():
 
 
 def test_rules_from_workflow_dict_and_errors():
-    rules = SelectionRules.from_dict({"input": "dicom:mod=ct", "min_slices": 20, "exclude_4d": False})
-    assert (rules.input, rules.min_slices, rules.exclude_4d, rules.exclude_localizer) == (
+    rules = SelectionRules.from_dict({"input": "dicom:mod=ct", "min_slices": 20, "max_slices": 300})
+    assert (rules.input, rules.min_slices, rules.max_slices, rules.exclude_localizer) == (
         "dicom:mod=ct",
         20,
-        False,
+        300,
         True,
     )
+    with pytest.raises(MedhubError, match="exclude_4d"):
+        SelectionRules.from_dict({"exclude_4d": False})  # removed: the loader always refuses 4D series
     assert SelectionRules.from_dict(None) == SelectionRules()
     with pytest.raises(MedhubError, match="min_slice"):
         SelectionRules.from_dict({"min_slice": 3})  # typo: extra keys are refused

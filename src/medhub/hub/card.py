@@ -37,9 +37,9 @@ from pydantic import (
 
 from medhub.errors import MedhubError
 from medhub.hub.weights import WeightFile
+from medhub.inputs.query import DataTypeQuery
 
 _ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-_QUERY_PATTERN = re.compile(r"^[a-z]+(:[A-Za-z0-9_]+=[^:]+)*$")
 _GENERATOR_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 TrainingType = Literal["supervised", "self-supervised", "semi-supervised", "unsupervised", "algorithmic"]
@@ -67,11 +67,13 @@ def _uri_only(value: Any) -> Any:
 class InputSpec(_Strict):
     """One model input: a data-type query plus the selection rules a series must meet.
 
-    ``query`` uses MHub's syntax (``dicom:mod=mr``, ``dicom:mod=ct:type=axial``); its format
-    (``dicom``) and modality (``mod=``) are read from it, so they are written once. The rules
-    are defaults; a workflow's ``select`` module can override them. ``contrast`` and
-    ``slice_thickness`` describe the expected acquisition for people (MHub's meta.json has
-    them too); ``max_slice_thickness_mm`` is the rule selection enforces.
+    ``query`` uses MHub's syntax (``dicom:mod=mr``, ``dicom:mod=ct:type=axial``), parsed by the
+    same :class:`~medhub.inputs.query.DataTypeQuery` selection matches with, so a card accepts
+    exactly the queries selection understands; its format (``dicom``) and modality (``mod=``)
+    are read from it, so they are written once. ``min_slices``, ``max_slices`` and
+    ``max_slice_thickness_mm`` are the rules selection enforces (:meth:`selection_rules`); a
+    workflow's ``select`` module overrides one only by naming it. ``contrast`` and
+    ``slice_thickness`` describe the expected acquisition for people (MHub's meta.json has them too).
     """
 
     query: str = Field(description="data-type query, e.g. 'dicom:mod=mr' or 'dicom:mod=ct:type=axial'")
@@ -80,30 +82,43 @@ class InputSpec(_Strict):
     body_part: str | None = Field(default=None, description="DICOM Body Part Examined, e.g. HEAD, CHEST")
     contrast: str | None = Field(default=None, description="e.g. 'non-contrast', 'contrast-enhanced', 'any'")
     slice_thickness: str | None = Field(default=None, description="expected slice thickness in words, e.g. '1 mm'")
-    min_slices: int | None = Field(default=None, ge=1)
-    max_slices: int | None = Field(default=None, ge=1)
-    max_slice_thickness_mm: float | None = Field(default=None, gt=0)
+    min_slices: int | None = Field(default=None, ge=1, description="fewer images: refused (selection's default: 10)")
+    max_slices: int | None = Field(default=None, ge=1, description="more images: refused")
+    max_slice_thickness_mm: float | None = Field(default=None, gt=0, description="thicker slices: refused")
 
     @field_validator("query")
     @classmethod
     def _check_query(cls, value: str) -> str:
-        if not _QUERY_PATTERN.match(value):
-            raise ValueError(f"not a data-type query like 'dicom:mod=mr': {value!r}")
+        try:
+            DataTypeQuery.parse(value)
+        except MedhubError as exc:
+            raise ValueError(f"{exc} (a query looks like 'dicom:mod=mr')") from None
         return value
 
     @property
+    def parsed_query(self) -> DataTypeQuery:
+        return DataTypeQuery.parse(self.query)
+
+    @property
     def format(self) -> str:
-        """The data format of the query (``dicom``, ``nifti``)."""
-        return self.query.split(":")[0]
+        """The data format of the query (``dicom``, ``nifti``, ``dicom|nifti``, ``any``)."""
+        return "|".join(self.parsed_query.formats)
 
     @property
     def modality(self) -> str | None:
-        """The ``mod=`` value of the query, upper-case as DICOM writes it (``MR``), if any."""
-        for part in self.query.split(":")[1:]:
-            key, _, value = part.partition("=")
-            if key == "mod":
-                return value.upper()
+        """The ``mod=`` value of the query, upper-case as DICOM writes it (``MR``, ``CT|MR``), if any."""
+        for condition in self.parsed_query.conditions:
+            if condition.key == "mod" and condition.op == "=":
+                return "|".join(v.upper() for v in condition.values)
         return None
+
+    def selection_rules(self) -> dict[str, Any]:
+        """The selection rules this input declares, as :class:`~medhub.inputs.select.SelectionRules` data."""
+        rules: dict[str, Any] = {"input": self.query}
+        for name in ("min_slices", "max_slices", "max_slice_thickness_mm"):
+            if getattr(self, name) is not None:
+                rules[name] = getattr(self, name)
+        return rules
 
 
 # ----------------------------------------------------------------------------------- outputs

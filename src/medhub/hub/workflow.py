@@ -13,6 +13,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from medhub.errors import MedhubError
+from medhub.hub.card import InputSpec, ModelCard
+from medhub.inputs.select import SelectionRules
 
 KNOWN_STEPS = ("select", "load", "predict", "write_seg", "write_rtstruct", "write_nifti", "write_sr")
 
@@ -73,3 +75,28 @@ def apply_overrides(workflow: Workflow, assignments: list[str]) -> Workflow:
             value = raw
         result.modules.setdefault(module, {})[param] = value
     return result
+
+
+def card_input(card: ModelCard, workflow: Workflow) -> InputSpec | None:
+    """The card input a workflow selects: the one whose query its ``select.input`` names, else the first."""
+    wanted = workflow.params("select").get("input")
+    for spec in card.inputs:
+        if spec.query == wanted:
+            return spec
+    return card.inputs[0] if card.inputs else None
+
+
+def selection_params(card: ModelCard, workflow: Workflow) -> dict[str, Any]:
+    """The selection rules of a run as data: the card's input rules, then what the workflow names.
+
+    The card is the contract (``min_slices``, ``max_slices``, ``max_slice_thickness_mm``, the
+    query); a workflow's ``select`` module overrides a rule only by naming it.
+    """
+    spec = card_input(card, workflow)
+    defaults = spec.selection_rules() if spec is not None else {}
+    return {**defaults, **workflow.params("select")}
+
+
+def selection_rules(card: ModelCard, workflow: Workflow) -> SelectionRules:
+    """:func:`selection_params` validated (an unknown rule or bad value is a one-line MedhubError)."""
+    return SelectionRules.from_dict(selection_params(card, workflow))

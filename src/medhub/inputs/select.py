@@ -6,12 +6,18 @@ rejected series gets exactly one reason, the most basic one:
 1. objects that are not images (SEG, RTSTRUCT, RT plans and doses, SR documents,
    presentation states, registrations, ...), decided by SOP class;
 2. secondary captures (SC SOP classes, or ImageType ``DERIVED\\SECONDARY``);
-3. localizers (ImageType contains ``LOCALIZER``) and series with too few slices;
-4. the model's query (``input``), e.g. ``dicom:mod=ct`` gives "MR, model needs CT".
+3. localizers (ImageType contains ``LOCALIZER``) and series with too few slices (``min_slices``);
+4. the model's query (``input``), e.g. ``dicom:mod=ct`` gives "MR, model needs CT";
+5. series with more slices than the model takes (``max_slices``);
+6. slices thicker than the model takes (``max_slice_thickness_mm``), read from SliceThickness
+   (top level, or the Pixel Measures of an enhanced multi-frame file). A series that does not
+   state its thickness passes here and is checked after loading against the slice spacing
+   (:func:`volume_rejection_reason`), so an unknown thickness is never a silent pass.
 
-4D series (several images per position) are detected by the loader, which knows the geometry;
-``exclude_4d`` is carried here only so that a workflow states all its input rules in one place.
-The rules are plain data: a workflow YAML overrides any of them.
+The rules are plain data. Their defaults come from the model card's input (the card is the
+contract); a workflow's ``select`` module overrides one only by naming it. 4D series (several
+images per position) are always refused, by the loader, which knows the geometry: no model
+here takes a 4D volume, so there is no switch for it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medhub.data.series import Series
+from medhub.data.volume import Volume
 from medhub.errors import MedhubError
 from medhub.inputs.query import DataTypeQuery
 from medhub.inputs.scan import sop_class_keyword
@@ -53,10 +60,11 @@ class SelectionRules(BaseModel):
 
     input: str = Field("dicom", description="data-type query the series must match, e.g. dicom:mod=ct")
     min_slices: int = Field(10, ge=0, description="fewer images than this: rejected as localizer / too few")
+    max_slices: int | None = Field(None, ge=1, description="more images than this: rejected as too many")
+    max_slice_thickness_mm: float | None = Field(None, gt=0, description="thicker slices than this: rejected")
     exclude_non_image: bool = True
     exclude_secondary_capture: bool = True
     exclude_localizer: bool = True
-    exclude_4d: bool = Field(True, description="passed to the loader, which detects 4D series")
 
     @field_validator("input")
     @classmethod
@@ -117,7 +125,57 @@ def rejection_reason(series: Series, rules: SelectionRules, query: DataTypeQuery
         return why
     if rules.exclude_localizer and (why := localizer_reason(series, rules.min_slices)):
         return why
-    return (query or rules.query).explain(series)
+    if why := (query or rules.query).explain(series):
+        return why
+    if why := too_many_slices_reason(series.number_of_images, rules.max_slices):
+        return why
+    return thickness_reason(slice_thickness(series), rules.max_slice_thickness_mm, "SliceThickness")
+
+
+def too_many_slices_reason(slices: int, max_slices: int | None) -> str | None:
+    """More images than the model takes (its card's ``max_slices``)."""
+    if max_slices is not None and slices > max_slices:
+        return f"too many slices: {slices} (model takes at most {max_slices})"
+    return None
+
+
+def thickness_reason(thickness_mm: float | None, max_mm: float | None, source: str) -> str | None:
+    """Slices thicker than the model takes; ``source`` names where the thickness was read."""
+    if max_mm is None or thickness_mm is None or thickness_mm <= max_mm + 1e-6:
+        return None
+    return f"slices too thick: {thickness_mm:g} mm ({source}), model takes at most {max_mm:g} mm"
+
+
+def slice_thickness(series: Series) -> float | None:
+    """SliceThickness of the series' first image in mm (enhanced files: its Pixel Measures), None if absent."""
+    if not series.instances:
+        return None
+    header = series.first_header
+    candidates = [header.get("SliceThickness")]
+    for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        items = header.get(group) or []
+        measures = (items[0].get("PixelMeasuresSequence") or []) if items else []
+        if measures:
+            candidates.append(measures[0].get("SliceThickness"))
+    for value in candidates:
+        try:
+            thickness = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        if thickness > 0:
+            return thickness
+    return None
+
+
+def volume_rejection_reason(series: Series | None, volume: Volume, rules: SelectionRules) -> str | None:
+    """The rules a loaded volume can answer that its headers could not: the thickness of a series
+    that does not state SliceThickness is taken as its slice spacing (the loader's grid step)."""
+    if rules.max_slice_thickness_mm is None:
+        return None
+    if series is not None and slice_thickness(series) is not None:
+        return None  # decided at selection from the header
+    spacing = float(volume.spacing[2])
+    return thickness_reason(spacing, rules.max_slice_thickness_mm, "no SliceThickness; slice spacing")
 
 
 def non_image_reason(series: Series) -> str | None:

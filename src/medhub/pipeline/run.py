@@ -26,11 +26,11 @@ from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
 from medhub.files import atomic_output, check_output_location, remove_stale_partials
 from medhub.hub.runtime import RUNNERS
-from medhub.hub.workflow import Workflow
+from medhub.hub.workflow import Workflow, selection_params
 from medhub.inputs.load import load_series
 from medhub.inputs.nifti import load_nifti
 from medhub.inputs.scan import scan
-from medhub.inputs.select import SelectionRules, select
+from medhub.inputs.select import SelectionRules, select, volume_rejection_reason
 from medhub.pipeline.layout import DEFAULT_TEMPLATE, render_template
 from medhub.pipeline.progress import ProgressSink, SilentProgress
 from medhub.pipeline.report import Journal, RunReport, SeriesEntry, Status
@@ -149,6 +149,7 @@ class Pipeline:
             )
 
         rules = SelectionRules.from_dict(self._selection_params())
+        self.rules = rules
         selection = select(result.series, rules)
         for series, reason in selection.rejected:
             self.report.series.append(self._entry(series, Status.REJECTED, reason))
@@ -166,10 +167,14 @@ class Pipeline:
             raise MedhubError(f"no suitable series could be processed: {'; '.join(skipped[:3])}")
 
     def _selection_params(self) -> dict[str, Any]:
-        params = self.workflow.params("select")
-        if "input" not in params and self.model.card.inputs:
-            params["input"] = self.model.card.inputs[0].query
-        return params
+        return selection_params(self.model.card, self.workflow)
+
+    def _rules(self) -> SelectionRules:
+        """The run's selection rules (set by the DICOM path; rebuilt where a worker has no copy)."""
+        rules = getattr(self, "rules", None)
+        if rules is None:
+            rules = self.rules = SelectionRules.from_dict(self._selection_params())
+        return rules
 
     def fingerprint(self) -> str:
         """What makes two runs' outputs interchangeable: model, its version, the workflow and the layout."""
@@ -212,6 +217,8 @@ class Pipeline:
             with self._step(entry, "load"):
                 volume = load_series(series)
             entry.findings.extend(volume.findings)
+            if why := volume_rejection_reason(series, volume, self._rules()):
+                raise SeriesSkipped(why)
             prediction = self._predict(entry, volume)
             fields = self._template_fields(series)
             self._write_outputs(entry, volume, prediction, fields)

@@ -30,9 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medhub.errors import MedhubError
 from medhub.hub.catalog import ModelEntry, get_model
-from medhub.hub.workflow import Workflow, apply_overrides, load_workflow_file
+from medhub.hub.workflow import Workflow, apply_overrides, load_workflow_file, selection_rules
 from medhub.inputs.scan import scan
-from medhub.inputs.select import SelectionRules, select
+from medhub.inputs.select import select
 from medhub.pipeline.report import REPORT_NAME, Status
 from medhub.pipeline.run import Pipeline, RunOptions
 from medhub.serve.settings import ServeSettings
@@ -113,11 +113,8 @@ def validate_input(entry: ModelEntry, workflow: Workflow, saved: SavedInput) -> 
     if not result.series:
         raise ApiError(422, f"no DICOM series found in the upload ({result.files_seen} files, "
                             f"{len(result.unreadable)} unreadable, {result.non_dicom_files} not DICOM)")
-    params = workflow.params("select")
-    if "input" not in params and entry.card.inputs:
-        params["input"] = entry.card.inputs[0].query
     try:
-        selection = select(result.series, SelectionRules.from_dict(params))
+        selection = select(result.series, selection_rules(entry.card, workflow))
     except MedhubError as exc:
         raise ApiError(422, f"workflow: {exc}") from None
     if not selection.chosen:

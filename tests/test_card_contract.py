@@ -1,0 +1,177 @@
+"""The model card is the single input contract: its query grammar, its selection rules, its parameters.
+
+Selection rules (``min_slices``, ``max_slices``, ``max_slice_thickness_mm``, the query) come from
+the card; a workflow overrides one only by naming it. Each rule is tested on real scanner data
+from ``../shared/data``, and end to end through the real command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import shared_path
+
+from medhub.errors import MedhubError
+from medhub.hub.card import InputSpec, card_problems
+from medhub.hub.catalog import get_model, list_entries
+from medhub.hub.workflow import Workflow, load_workflow_file, selection_params, selection_rules
+from medhub.inputs.load import load_series
+from medhub.inputs.scan import scan
+from medhub.inputs.select import SelectionRules, select, slice_thickness, volume_rejection_reason
+
+PHILIPS = "ct/philips_phantom_head_1mm"  # CT, 140 slices, SliceThickness 1 mm
+ABDOMEN = "ct/totalsegmentator_example_ct_dicom"  # CT, 20 slices, SliceThickness 3 mm, no UIDs
+TILTED = "edge/dicom2nifti_tests/failing/gantrytilting/001"  # CT, 4 slices, no SliceThickness
+ENHANCED_MR = "enhanced/dcm_qa_enh/Philips/IM_0027_fMAP.dcm"  # 64 frames, thickness 4 mm per frame
+RULES = ("input", "min_slices", "max_slices", "max_slice_thickness_mm")
+
+
+def medhub(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command line in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "medhub", *args], capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+def only_series(relative: str):
+    series = scan(shared_path(relative)).series
+    assert len(series) == 1
+    return series[0]
+
+
+# ----------------------------------------------------------------------------------- the query grammar
+
+
+def test_card_queries_use_the_selection_grammar():
+    """A card accepts what selection understands (alternatives, comparisons) and refuses what it does not."""
+    spec = InputSpec(query="dicom:mod=ct|mr:slices>=20:type!=localizer*")
+    assert (spec.format, spec.modality) == ("dicom", "CT|MR")
+    assert spec.parsed_query.matches({"format": "dicom", "mod": "mr", "slices": 30, "type": "original"})
+    assert InputSpec(query="mod=ct").format == "any"
+    card = {"query": "dicom:mod"}
+    problems = card_problems({"inputs": [card]}, "card.yaml")
+    assert any(p.startswith("card.yaml: inputs.0.query: data-type query 'dicom:mod': bad filter 'mod'")
+               for p in problems), problems
+
+
+# ----------------------------------------------------------------------------------- rules come from the card
+
+
+def _bare_workflow(**select: object) -> Workflow:
+    modules = {"select": dict(select)} if select else {}
+    return Workflow.model_validate({"execute": ["select", "load", "predict", "write_nifti"], "modules": modules})
+
+
+def test_a_workflow_without_select_takes_the_cards_rules_and_overrides_only_what_it_names():
+    ct_body = get_model("ct-body").card
+    assert selection_params(ct_body, _bare_workflow()) == {"input": "dicom:mod=ct", "min_slices": 5}
+    assert selection_rules(ct_body, _bare_workflow()).min_slices == 5  # not selection's own default of 10
+    overridden = selection_params(ct_body, _bare_workflow(min_slices=2, max_slices=50))
+    assert overridden == {"input": "dicom:mod=ct", "min_slices": 2, "max_slices": 50}
+    with pytest.raises(MedhubError, match="max_slice"):
+        selection_rules(ct_body, _bare_workflow(max_slice=3))  # a typo is refused, not ignored
+
+
+def test_no_built_in_workflow_repeats_a_rule_of_its_card():
+    """The card says it once: a built-in workflow that restated (and once contradicted) it is a defect."""
+    checked = 0
+    for entry in list_entries():
+        if not entry.origin.startswith("built-in"):
+            continue
+        for name, path in entry.workflows.items():
+            repeated = sorted(set(load_workflow_file(path).params("select")) & set(RULES))
+            assert not repeated, f"{entry.id} workflow {name} repeats the card's {repeated}"
+            checked += 1
+    assert checked >= 14  # every workflow of the nine built-in models
+
+
+# ----------------------------------------------------------------------------------- each rule on real data
+
+
+def test_max_slices_refuses_the_longer_real_series_with_a_reason():
+    phantom, abdomen = only_series(PHILIPS), only_series(ABDOMEN)
+    selection = select([phantom, abdomen], {"input": "dicom:mod=ct", "max_slices": 100})
+    assert selection.chosen == [abdomen]
+    assert selection.rejected == [(phantom, "too many slices: 140 (model takes at most 100)")]
+    assert len(select([phantom], {"input": "dicom:mod=ct", "max_slices": 140}).chosen) == 1  # the limit itself passes
+
+
+def test_min_slices_from_the_card_decides_a_short_real_series():
+    abdomen = only_series(ABDOMEN)
+    assert select([abdomen], {"input": "dicom:mod=ct", "min_slices": 20}).chosen == [abdomen]
+    assert select([abdomen], {"input": "dicom:mod=ct", "min_slices": 21}).rejected == [
+        (abdomen, "too few slices: 20 (model needs at least 21)")
+    ]
+
+
+def test_max_slice_thickness_reads_slice_thickness_of_real_headers():
+    phantom, abdomen = only_series(PHILIPS), only_series(ABDOMEN)
+    assert (slice_thickness(phantom), slice_thickness(abdomen)) == (1.0, 3.0)
+    selection = select([phantom, abdomen], {"input": "dicom:mod=ct", "max_slice_thickness_mm": 2.5})
+    assert selection.chosen == [phantom]
+    assert selection.rejected == [
+        (abdomen, "slices too thick: 3 mm (SliceThickness), model takes at most 2.5 mm")
+    ]
+
+
+def test_thickness_of_an_enhanced_file_is_read_from_its_pixel_measures():
+    enhanced = scan(shared_path(ENHANCED_MR)).series[0]
+    assert "SliceThickness" not in enhanced.first_header and slice_thickness(enhanced) == 4.0
+    rejected = select([enhanced], {"input": "dicom:mod=mr", "max_slice_thickness_mm": 3}).rejected
+    assert [why for _, why in rejected] == ["slices too thick: 4 mm (SliceThickness), model takes at most 3 mm"]
+
+
+def test_a_series_without_slice_thickness_is_checked_on_its_loaded_spacing():
+    """No SliceThickness: selection cannot tell, so the loaded volume's slice spacing decides (never a silent pass)."""
+    tilted = only_series(TILTED)
+    assert slice_thickness(tilted) is None
+    rules = SelectionRules(input="dicom:mod=ct", min_slices=2, max_slice_thickness_mm=3)
+    assert select([tilted], rules).chosen == [tilted]
+    volume = load_series(tilted)
+    spacing = volume.spacing[2]
+    assert 4 < spacing < 5.01  # 5 mm table steps on a tilted gantry
+    assert volume_rejection_reason(tilted, volume, rules) == (
+        f"slices too thick: {spacing:g} mm (no SliceThickness; slice spacing), model takes at most 3 mm"
+    )
+    assert volume_rejection_reason(tilted, volume, rules.model_copy(update={"max_slice_thickness_mm": 5.5})) is None
+
+
+def test_exclude_4d_is_gone_because_the_loader_always_refuses_4d():
+    with pytest.raises(MedhubError, match="exclude_4d"):
+        SelectionRules.from_dict({"exclude_4d": False})
+
+
+# ----------------------------------------------------------------------------------- end to end
+
+
+def test_config_workflow_runs_ct_body_with_the_cards_min_slices(tmp_path: Path):
+    """The reported defect: a --config workflow without select rules ran ct-body with min_slices=10, not 5."""
+    six = tmp_path / "six"
+    six.mkdir()
+    files = sorted(shared_path(ABDOMEN).iterdir(),
+                   key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    for index, source in enumerate(files[7:13]):
+        os.symlink(source, six / f"slice{index}.dcm")
+    config = tmp_path / "wf.yml"
+    config.write_text("general: {name: mine}\nexecute: [select, load, predict, write_nifti]\n")
+    out = tmp_path / "out"
+    result = medhub("run", "ct-body", "--input", str(six), "--output", str(out), "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "medhub-report.json").read_text())
+    assert [(e["status"], e["images"]) for e in report["series"]] == [("succeeded", 6)]
+
+
+def test_thickness_rule_refuses_end_to_end_with_one_line(tmp_path: Path):
+    out = tmp_path / "out"
+    result = medhub("run", "ct-body", "--input", str(shared_path(TILTED)), "--output", str(out),
+                    "--set", "select.min_slices=2", "--set", "select.max_slice_thickness_mm=3")
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "slices too thick" in lines[0] and "model takes at most 3 mm" in lines[0], lines
+    report = json.loads((out / "medhub-report.json").read_text())
+    assert report["series"][0]["status"] == "skipped" and "slices too thick" in report["series"][0]["reason"]
