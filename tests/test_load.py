@@ -483,3 +483,11 @@ def test_load_nifti_drops_trailing_singleton_and_refuses_4d(tmp_path: Path) -> N
     not_nifti.write_text("hello")
     with pytest.raises(MedhubError, match="not a readable NIfTI"):
         load_nifti(not_nifti)
+
+
+def test_source_without_frame_of_reference_is_not_referenceable() -> None:
+    """A real GE head CT export without FrameOfReferenceUID (Type 1): no SEG/RTSTRUCT can place it, NIfTI is written."""
+    files = sorted(shared_path(f"{D2N}/failing/sliceincrement/001").iterdir())[:2]
+    volume = load_series(make_series(files))
+    assert volume.source is not None and not volume.source.referenceable
+    assert "FrameOfReferenceUID" in volume.source.unreferenceable_reason

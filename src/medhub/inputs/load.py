@@ -514,6 +514,8 @@ def _missing_uids(series: Series) -> list[str]:
         missing.append("SeriesInstanceUID")
     if not all(i.sop_instance_uid for i in series.instances):
         missing.append("SOPInstanceUID")
+    if not all(str(i.header.get("FrameOfReferenceUID", "") or "").strip() for i in series.instances):
+        missing.append("FrameOfReferenceUID")  # Type 1: a SEG's planes and an RTSTRUCT's contours live in it
     return missing
 
 

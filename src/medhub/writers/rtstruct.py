@@ -30,6 +30,7 @@ import medhub
 from medhub.data.volume import SourceGrid, SourcePlane
 from medhub.errors import MedhubError
 from medhub.writers.contours import DEFAULT_TOLERANCE, label_boxes, labelmap_to_polygons, pixels_to_patient
+from medhub.writers.source_attributes import PATIENT_STUDY_TYPE2, output_character_set, source_view
 
 if TYPE_CHECKING:  # only a type here; importing medhub.segdb loads the segment database
     from medhub.segdb import SegmentSpec
@@ -48,18 +49,7 @@ _ORGAN_CATEGORIES = {
 
 _CONTOUR_DATA = Tag(0x3006, 0x0050)
 
-# Attributes copied from the source: Patient module (Type 2 + useful Type 3) and General Study.
-_PATIENT_STUDY_TYPE2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
-)
+# Useful Type 3 attributes copied from the source when present (the Type 2 ones: source_attributes).
 _PATIENT_STUDY_OPTIONAL = (
     "IssuerOfPatientID",
     "PatientAge",
@@ -192,7 +182,8 @@ def _header(
 
     ds = Dataset()
     ds.file_meta = meta
-    charset = reference.get("SpecificCharacterSet")
+    reference = source_view(reference)  # absent Type 2 attributes empty, a defined character set
+    charset = output_character_set(reference)
     if charset:
         ds.SpecificCharacterSet = charset
     # SOP Common
@@ -205,7 +196,7 @@ def _header(
     if not study_uid:
         raise MedhubError("RTSTRUCT: source has no StudyInstanceUID; the structure set cannot join its study")
     ds.StudyInstanceUID = study_uid
-    for keyword in _PATIENT_STUDY_TYPE2:
+    for keyword in PATIENT_STUDY_TYPE2:
         setattr(ds, keyword, reference.get(keyword, "") or "")
     for keyword in _PATIENT_STUDY_OPTIONAL:
         value = reference.get(keyword)

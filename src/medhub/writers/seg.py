@@ -49,6 +49,7 @@ from medhub.data.volume import SourceGrid
 from medhub.errors import MedhubError
 from medhub.segdb import Code, SegmentSpec, get_segment
 from medhub.writers.provenance import AlgorithmInfo, device_info
+from medhub.writers.source_attributes import output_character_set, source_view
 
 _MAX_SEGMENTS = 65535
 
@@ -90,6 +91,9 @@ def write_seg(
         raise MedhubError(f"{where}: {len(label_values)} segments exceed the DICOM limit of {_MAX_SEGMENTS}")
 
     source_images, plane_positions = _arrange_frames(source, where)
+    # highdicom copies patient and study from the first source image: give it one whose absent
+    # Type 2 attributes are present and empty and whose character set is a defined term.
+    source_images[0] = source_view(source_images[0])
     numbered = _renumber(labels, label_values)
     descriptions = [
         _segment_description(number, specs[value], algorithm) for number, value in enumerate(label_values, start=1)
@@ -97,7 +101,7 @@ def write_seg(
     description = series_description or f"{algorithm.name} segmentation"
     kwargs = {
         **device_info().as_highdicom_kwargs(),
-        **_character_set(source_images[0]),
+        "specific_character_set": output_character_set(source_images[0]),
         "content_label": _content_label(algorithm.name),
         "content_description": f"{algorithm.name} {algorithm.version}"[:64],
         "series_description": description[:64],
@@ -147,19 +151,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _character_set(dataset: Dataset) -> dict[str, None]:
-    """An empty Specific Character Set (seen in real CT) means the default repertoire.
-
-    highdicom copies the source's value and rejects ''; passing None leaves the attribute out,
-    which means the same thing. Any other value is left to highdicom to copy.
-    """
-    value = dataset.get("SpecificCharacterSet")
-    values = [value] if isinstance(value, str) or value is None else list(value)
-    if value is not None and not any(str(v).strip() for v in values):
-        return {"specific_character_set": None}
-    return {}
 
 
 def _describe(source: SourceGrid, path: Path) -> str:

@@ -39,6 +39,7 @@ from pydicom.sr.coding import Code
 from medhub.data.volume import SourceGrid
 from medhub.errors import MedhubError
 from medhub.writers.provenance import AlgorithmInfo, device_info
+from medhub.writers.source_attributes import output_character_set, source_view
 
 PRIVATE_SCHEME = "99MEDHUB"
 PROBABILITY = Code("122157", "DCM", "Probability")
@@ -84,6 +85,7 @@ def write_classification_sr(
     path = Path(path)
     where = f"SR {path.name}"
     evidence = _evidence(source, where)
+    evidence[0] = source_view(evidence[0])  # highdicom copies patient and study from it (see source_attributes)
     probs = _check_probabilities(probabilities, where)
     class_list = list(probs)
     coded = dict(codes_by_class) if codes_by_class is not None else class_codes(class_list)
@@ -147,7 +149,7 @@ def write_classification_sr(
                 manufacturer=device.manufacturer,
                 is_complete=True,
                 series_description=(series_description or f"{algorithm.name} classification")[:64],
-                **_character_set(evidence[0]),
+                specific_character_set=output_character_set(evidence[0]),
             )
     except (ValueError, TypeError, AttributeError) as error:
         raise MedhubError(f"{where}: cannot build the SR: {str(error).splitlines()[0]}") from error
@@ -182,12 +184,3 @@ def _check_probabilities(probabilities: Mapping[str, float], where: str) -> dict
     if abs(total - 1.0) > _SUM_TOLERANCE:
         raise MedhubError(f"{where}: class probabilities sum to {total:.4f}, not 1")
     return probs
-
-
-def _character_set(dataset: Dataset) -> dict[str, str]:
-    """Keep the source's Specific Character Set when it has one (names are copied from it); '' means default."""
-    value = dataset.get("SpecificCharacterSet")
-    values = [value] if isinstance(value, str) or value is None else list(value)
-    if value is None or not any(str(v).strip() for v in values):
-        return {}
-    return {"specific_character_set": value}

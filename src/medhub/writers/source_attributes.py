@@ -1,0 +1,137 @@
+"""What a result inherits from its source image: Patient and General Study attributes, character set.
+
+A SEG, RTSTRUCT or SR joins its source's patient and study, so it copies their attributes. Real
+exports do not always carry them as the standard asks, and a writer must not fail (or write an
+invalid object) because of it:
+
+* **Type 2 attributes may be absent** (a real GE head CT has no PatientSex, a Siemens one no
+  PatientBirthDate). PS3.5 7.4 lets a Type 2 attribute be present with no value, which is what
+  we write (highdicom reads them as attributes and fails on an absent one).
+* **Malformed values** of coded or dated Type 2 attributes (PatientSex "Male", a birth date
+  "19xx") cannot be copied into a valid object; they are written empty, which the standard
+  allows, rather than invented or corrected.
+* **Specific Character Set** (0008,0005) must be a defined term (PS3.3 C.12.1.1.2). Exports
+  that write a Python or IANA name ("UTF-8", "ISO-8859-1") are read leniently (pydicom decodes
+  with the codec of that name) and the result is written as ISO_IR 192 (UTF-8, which holds every
+  decoded name), with the inherited text values re-encoded.
+
+:func:`source_view` gives a writer a shallow copy of the source header with these repairs; the
+source dataset itself, and the file it came from, are never changed.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from highdicom import SpecificCharacterSetValues
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import DA, TM
+
+#: Type 2 attributes of the Patient (C.7.1.1) and General Study (C.7.2.1) modules.
+PATIENT_STUDY_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+UTF8 = "ISO_IR 192"
+_DEFINED_TERMS = frozenset(v.value for v in SpecificCharacterSetValues)
+_TEXT_VRS = {"PN", "LO", "SH", "ST", "LT", "UT", "UC"}
+_SEXES = {"M", "F", "O"}
+
+
+def is_defined_character_set(value: object) -> bool:
+    """True when Specific Character Set is absent, empty or made of DICOM defined terms only."""
+    if value is None:
+        return True
+    values = [value] if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    terms = [str(v).strip() for v in values]
+    if not any(terms):
+        return True
+    # The first value may be empty (the default repertoire) when code extensions follow it.
+    return all(t in _DEFINED_TERMS or (i == 0 and t == "") for i, t in enumerate(terms))
+
+
+def output_character_set(dataset: Dataset) -> str | list[str] | None:
+    """The Specific Character Set a result of ``dataset`` is written with (None: the default repertoire)."""
+    value = dataset.get("SpecificCharacterSet")
+    if value is None:
+        return None
+    if not is_defined_character_set(value):
+        return UTF8
+    values = [value] if isinstance(value, str) else list(value)
+    if not any(str(v).strip() for v in values):
+        return None
+    return value if isinstance(value, str) else [str(v) for v in values]
+
+
+def source_view(dataset: Dataset) -> Dataset:
+    """A shallow copy of a source header that a writer can copy patient and study attributes from.
+
+    Absent or malformed Type 2 patient/study attributes are present and empty; a character set
+    that is not a defined term becomes ISO_IR 192 with the text values decoded leniently first.
+    Unchanged elements are shared with ``dataset`` (no pixel data is copied).
+    """
+    view = Dataset()
+    view.update(dataset)
+    if hasattr(dataset, "file_meta"):
+        view.file_meta = dataset.file_meta
+    charset = dataset.get("SpecificCharacterSet")
+    if not is_defined_character_set(charset):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns for every value of an unknown character set
+            for element in dataset:
+                if element.VR in _TEXT_VRS and element.value is not None:
+                    view[element.tag] = DataElement(element.tag, element.VR, _as_text(element.value))
+        _put(view, "SpecificCharacterSet", UTF8)
+    elif "SpecificCharacterSet" in view and output_character_set(dataset) is None:
+        del view.SpecificCharacterSet  # '' means the default repertoire; highdicom refuses an empty value
+    for keyword in PATIENT_STUDY_TYPE2:
+        if keyword not in view or view[keyword].value is None:
+            _put(view, keyword, "")
+    _put(view, "PatientSex", _sex(view.PatientSex))
+    for keyword, kind in (("PatientBirthDate", DA), ("StudyDate", DA), ("StudyTime", TM)):
+        _put(view, keyword, _valid_or_empty(view[keyword].value, kind))
+    return view
+
+
+def _put(view: Dataset, keyword: str, value: object) -> None:
+    """Set an element of the view as a new element: its elements are shared with the source, and
+    assigning through the keyword would change the source's element in place."""
+    tag = tag_for_keyword(keyword)
+    view[tag] = DataElement(tag, dictionary_VR(tag), value)
+
+
+def _as_text(value: object) -> object:
+    """A text value as plain str (multi-values as lists of str), so it is re-encoded when written."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, MultiValue | list | tuple):
+        return [str(v) for v in value]
+    return str(value)  # str, PersonName
+
+
+def _sex(value: object) -> str:
+    text = str(value or "").strip().upper()
+    return text if text in _SEXES else ""
+
+
+def _valid_or_empty(value: object, kind: type) -> object:
+    """A DA/TM value when it parses, else '' (an empty Type 2 value, never an invented one)."""
+    if value in (None, ""):
+        return ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = kind(value)
+    except (TypeError, ValueError):
+        return ""
+    return value if parsed is not None else ""
