@@ -130,6 +130,7 @@ def test_flat_folder_gives_one_result_per_suitable_series_and_a_reason_for_every
     assert [Path(u["path"]).name for u in report["unreadable"]] == ["broken_ct"]
     assert report["unreadable"][0]["reason"]
     assert report["model"] == "ct-body" and report["medhub_version"] and report["workflow"] == "default"
+    assert report["device"] == "cpu"
 
 
 def test_series_without_uids_gets_nifti_and_says_why(flat_run) -> None:
@@ -227,6 +228,31 @@ def test_nothing_to_do_exits_2_with_one_line(tmp_path: Path, args: list[str], me
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("model", "device", "message"),
+    [
+        ("ct-body", "tpu", "unknown device 'tpu': use cpu, cuda (or cuda:N) or mps"),
+        ("ct-body", "cuda", "model ct-body does not run on cuda: its card lists cpu only"),
+        ("ct-body", "cuda:0", "model ct-body does not run on cuda: its card lists cpu only"),
+        ("deepbet", "cuda", "--device cuda: this machine has no usable CUDA device"),
+        ("deepbet", "mps", "--device mps: Apple's MPS is not available on this machine"),
+    ],
+)
+def test_a_device_the_card_or_the_machine_cannot_use_exits_2_before_any_work(
+    tmp_path: Path, model: str, device: str, message: str
+) -> None:
+    """Issue 10: never a silent CPU run, never a failure after scanning; nothing is written."""
+    torch = pytest.importorskip("torch")
+    if device.startswith("cuda") and torch.cuda.is_available() or device == "mps" and torch.backends.mps.is_available():
+        pytest.skip(f"this machine has {device}")
+    out = tmp_path / "out"
+    result = medhub("run", model, "--input", str(shared_path(NO_UID_CT)), "--output", str(out), "--device", device)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not out.exists()  # refused before the scan: not even the report
 
 
 def test_no_matching_series_exits_2_and_still_writes_the_report(tmp_path: Path) -> None:

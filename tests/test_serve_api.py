@@ -29,7 +29,9 @@ import pytest
 import uvicorn
 from conftest import shared_path
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from medhub.cli.main import app
 from medhub.errors import MedhubError
 from medhub.hub.catalog import get_model
 from medhub.hub.runtime import RUNNERS
@@ -387,6 +389,28 @@ def test_input_is_validated_before_queueing(client: TestClient) -> None:
     assert client.get("/api/models", params={"modality": "x" * 100}).status_code == 422
     assert leftover_jobs(client) == []
     assert client.get("/api/jobs").json() == []
+
+
+def test_a_model_that_does_not_run_on_the_servers_device_is_422_before_the_upload_is_stored(tmp_path: Path) -> None:
+    """Issue 10: a server started with --device cuda refuses a job for a CPU-only model at submission."""
+    settings = ServeSettings(data_dir=tmp_path / "data", token=TOKEN, device="cuda")
+    with TestClient(create_app(settings), headers=AUTH) as gpu_client:
+        one_ct_slice = next(shared_path(NO_UID_CT).iterdir()).read_bytes()
+        response = gpu_client.post("/api/jobs", data={"model": "ct-body"}, files=[("files", ("a.dcm", one_ct_slice))])
+        assert response.status_code == 422
+        assert response.json()["detail"] == "model ct-body does not run on cuda: its card lists cpu only"
+        assert leftover_jobs(gpu_client) == []
+
+
+def test_serve_refuses_to_start_on_a_device_this_machine_lacks() -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = CliRunner().invoke(app, ["serve", "--device", "cuda", "--port", str(free_port())])
+    assert result.exit_code == 2
+    assert "--device cuda: this machine has no usable CUDA device" in result.output
+    result = CliRunner().invoke(app, ["serve", "--device", "tpu"])
+    assert result.exit_code == 2 and "unknown device 'tpu'" in result.output
 
 
 def test_concurrency_limit_answers_429(client: TestClient) -> None:

@@ -41,6 +41,7 @@ def run(
 ) -> None:
     """Run MODEL on every suitable series under --input and write results to --output."""
     from medhub.hub.catalog import get_model
+    from medhub.hub.devices import check_device
     from medhub.hub.workflow import apply_overrides, load_workflow_file
     from medhub.pipeline.layout import DEFAULT_TEMPLATE
     from medhub.pipeline.progress import JsonLinesProgress, RichProgress
@@ -49,6 +50,7 @@ def run(
     from medhub.pipeline.run import run as run_pipeline
 
     entry = get_model(model)
+    device = check_device(device, entry.card)  # a device this model or machine cannot use: exit 2 before any work
     if config is not None:
         chosen = load_workflow_file(config)
     else:

@@ -51,6 +51,9 @@ def serve(
         from medhub.serve.settings import ServeSettings
     except ImportError as exc:
         raise MedhubError(f"medhub serve needs the serve extra: pip install 'medhub[serve]' ({exc})") from None
+    from medhub.hub.devices import check_machine_device
+
+    device = check_machine_device(device)  # a server whose every job would fail on its device does not start
     settings = ServeSettings(data_dir=data_dir or default_data_dir(), host=host, port=port, token=token,
                              workers=workers, max_upload_bytes=max_upload_mb * 1024 * 1024, max_queued=max_queued,
                              device=device)

@@ -25,6 +25,7 @@ from medhub.data.series import Series
 from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
 from medhub.files import atomic_output, check_output_location, remove_stale_partials
+from medhub.hub.devices import check_device
 from medhub.hub.runtime import RUNNERS
 from medhub.hub.workflow import Workflow, selection_params
 from medhub.inputs.load import load_series
@@ -105,11 +106,13 @@ class Pipeline:
             input=options.input_label or str(options.input_path),
             output=str(options.output_dir),
             input_path=_where(options.input_path, options.output_dir),
+            device=options.device,
         )
 
     # -- entry point ---------------------------------------------------------------------------
     def run(self) -> RunReport:
         """Run everything; raise MedhubError only when nothing at all can be done (exit code 2)."""
+        self.options.device = self.report.device = check_device(self.options.device, self.model.card)  # before any work
         source = self.options.input_path
         if not source.exists():
             raise MedhubError(f"input not found: {source}")

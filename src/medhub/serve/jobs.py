@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medhub.errors import MedhubError
 from medhub.hub.catalog import ModelEntry, get_model
+from medhub.hub.devices import check_card_device
 from medhub.hub.workflow import Workflow, apply_overrides, load_workflow_file, selection_rules
 from medhub.inputs.scan import scan
 from medhub.inputs.select import select
@@ -260,6 +261,7 @@ class JobService:
         """Check everything, store the upload, queue the job; raises :class:`ApiError` with the reason."""
         try:
             entry = get_model(model)
+            check_card_device(self.settings.device, entry.card)
         except MedhubError as exc:
             raise ApiError(422, str(exc)) from None
         options = parse_options(options_text)
