@@ -21,7 +21,8 @@ from medhub.errors import MedhubError
 @user_errors
 def run(
     model: Annotated[str, typer.Argument(help="Model name, e.g. deepbet or ct-body (see `medhub models`).")],
-    input: Annotated[str | None, typer.Option("--input", "-i", help="DICOM folder, NIfTI or dicomweb:// URL.")] = None,
+    input: Annotated[str | None, typer.Option("--input", "-i",
+                                              help="DICOM folder, NIfTI, dicomweb:// or idc:// URL.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("medhub-out"),
     workflow: Annotated[str | None, typer.Option("--workflow", "-w", help="Workflow name of the model.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="A workflow YAML file to use instead.")] = None,
@@ -70,7 +71,8 @@ def run(
     if sample and input is not None:
         raise MedhubError("give either --input or --sample, not both")
     if input is None and not sample:
-        raise MedhubError("missing --input (a DICOM folder, a NIfTI file or a dicomweb:// URL), or use --sample")
+        raise MedhubError("missing --input (a DICOM folder, a NIfTI file, a dicomweb:// or idc:// URL), "
+                          "or use --sample")
     if push is not None:
         from medhub.inputs.dicomweb import parse_dicomweb_url
 
@@ -78,18 +80,19 @@ def run(
     # SIGTERM (a batch system's kill) unwinds like Ctrl-C, so temporary files are removed on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     progress = JsonLinesProgress() if json_progress else RichProgress()
-    scratch: Path | None = None  # a DICOMweb download, removed after the run
+    scratch: Path | None = None  # a DICOMweb download or links to IDC's cache, removed after the run
+    provenance: list[dict[str, Any]] = []
     try:
         if sample:  # kept in OUT/sample-input/, so the results' references resolve (medhub view OUT)
             from medhub.inputs.sample import keep_sample
 
             source = keep_sample(output, entry.card.id)
         else:
-            source = _resolve_input(str(input), progress)
-            scratch = source if source != Path(str(input)) else None
+            source, scratch, provenance = _resolve_input(str(input), progress)
         options = RunOptions(input_path=source, output_dir=output, workflow=chosen, device=device,
                              template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug,
-                             resume=resume, input_label=_input_label(input, sample, source, output))
+                             resume=resume, input_label=_input_label(input, sample, source, output),
+                             input_provenance=provenance)
         if scheduler or workers:
             from medhub.pipeline.cluster import DaskExecutor
 
@@ -118,22 +121,35 @@ def _input_label(value: str | None, sample: bool, source: Path, output: Path) ->
     return redact_url(value) if is_dicomweb_url(value) else value
 
 
-def _resolve_input(value: str, progress: Any) -> Path:
-    """A local path as is; a dicomweb:// URL is fetched (QIDO-RS + WADO-RS) into a scratch folder first."""
-    from medhub.inputs.dicomweb import fetch_input, is_dicomweb_url
+def _resolve_input(value: str, progress: Any) -> tuple[Path, Path | None, list[dict[str, Any]]]:
+    """The folder or file to run on, the scratch folder to remove afterwards (or None), and the input's provenance.
 
+    A local path is used as is; a dicomweb:// URL is fetched (QIDO-RS + WADO-RS) into a scratch
+    folder; an idc:// URL is resolved in IDC's index and fetched into the IDC cache, which the
+    run reads in place and never removes.
+    """
+    from medhub.inputs.dicomweb import fetch_input, is_dicomweb_url
+    from medhub.inputs.idc import is_idc_url
+
+    def fetched(done: int, total: int) -> None:
+        progress.event("fetch", done=done, total=total)
+
+    if is_idc_url(value):
+        from medhub.inputs import idc
+
+        found = idc.fetch_input(value, progress=fetched)
+        return found.path, found.scratch, found.provenance
     if is_dicomweb_url(value):
         folder = Path(tempfile.mkdtemp(prefix="medhub-dicomweb-"))
         try:
-            return fetch_input(value, folder, progress=lambda done, total: progress.event("fetch", done=done,
-                                                                                            total=total))
+            return fetch_input(value, folder, progress=fetched), folder, []
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
     path = Path(value)
     if not path.exists():
         raise MedhubError(f"input not found: {value}")
-    return path
+    return path, None, []
 
 
 def _push(report: Any, output: Path, url: str) -> None:

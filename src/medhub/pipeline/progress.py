@@ -63,9 +63,14 @@ class RichProgress:
         self.scan_task = self.progress.add_task("scanning", total=None)
         self.series_task: Any = None
         self.step_task: Any = None
+        self.fetch_task: Any = None
 
     def event(self, kind: str, **data: Any) -> None:
-        if kind == "scan_file":
+        if kind == "fetch":  # an input being downloaded (DICOMweb, IDC): instances present of expected
+            if self.fetch_task is None:
+                self.fetch_task = self.progress.add_task("downloading", total=data.get("total"))
+            self.progress.update(self.fetch_task, completed=data.get("done", 0), total=data.get("total"))
+        elif kind == "scan_file":
             self.progress.update(self.scan_task, completed=data.get("files", 0))
         elif kind == "scan_done":
             files = data.get("files", 0)

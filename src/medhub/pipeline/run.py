@@ -83,6 +83,7 @@ class RunOptions:
     executor: SeriesExecutor = field(default_factory=InProcess)  # e.g. medhub.pipeline.cluster.DaskExecutor
     scan_workers: int | None = None  # processes reading headers (None: MEDHUB_SCAN_WORKERS, else in this process)
     input_label: str | None = None  # how the report names the input (a DICOMweb URL rather than its download folder)
+    input_provenance: list[dict[str, Any]] = field(default_factory=list)  # where the input came from (IDC series, ...)
 
 
 @dataclass
@@ -107,6 +108,7 @@ class Pipeline:
             output=str(options.output_dir),
             input_path=_where(options.input_path, options.output_dir),
             device=options.device,
+            input_provenance=list(options.input_provenance),
         )
 
     # -- entry point ---------------------------------------------------------------------------
