@@ -1,8 +1,10 @@
-"""Start a real Orthanc (Debian's ``orthanc`` + ``orthanc-dicomweb``) for the DICOMweb tests.
+"""Start a real Orthanc (Debian's ``orthanc`` + ``orthanc-dicomweb``) for the DICOMweb and DIMSE tests.
 
 Each server gets its own free loopback HTTP port and its own storage and index folders in a
 temporary directory, so tests never touch a system Orthanc or each other. The DICOM (DIMSE)
-server is disabled: the tests speak HTTP only. Remote access is off (loopback only) and HTTP
+server is off unless ``dicom=True``: then it listens on its own free port with AE title
+``dicom_aet``, and ``modalities`` declares the AE titles it answers C-FIND / C-GET / C-MOVE for
+(Orthanc 1.10 refuses queries from unknown AEs). Remote access is off (loopback only) and HTTP
 basic authentication is on with one registered user, so authentication is tested for real.
 
 A server can be stopped and started again on the same port and storage: that is how the
@@ -62,6 +64,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def modality(aet: str, port: int, host: str = "127.0.0.1") -> dict[str, object]:
+    """A ``DicomModalities`` entry that may echo, find, get, move and store (the port is where C-MOVE sends)."""
+    return {"AET": aet, "Host": host, "Port": port, "Manufacturer": "Generic", "AllowEcho": True,
+            "AllowFind": True, "AllowGet": True, "AllowMove": True, "AllowStore": True}
+
+
 @dataclass
 class OrthancServer:
     """One Orthanc process with its own port, storage and configuration under ``workdir``.
@@ -77,6 +85,15 @@ class OrthancServer:
     headers: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    dicom: bool = False
+    dicom_port: int = field(default_factory=free_port)
+    dicom_aet: str = "ORTHANC"
+    modalities: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    @property
+    def dimse_url(self) -> str:
+        """``dimse://AET@127.0.0.1:PORT``: Orthanc's DICOM server as medhub names it."""
+        return f"dimse://{self.dicom_aet}@127.0.0.1:{self.dicom_port}"
 
     @property
     def url(self) -> str:
@@ -96,14 +113,18 @@ class OrthancServer:
         return self.workdir / "orthanc.log"
 
     def write_config(self) -> Path:
-        """The JSON configuration: loopback only, no DIMSE server, storage in ``workdir``."""
+        """The JSON configuration: loopback only, DIMSE only if asked, storage in ``workdir``."""
         storage = self.workdir / "storage"
         storage.mkdir(parents=True, exist_ok=True)
         config: dict[str, object] = {
             "Name": "medhub-test",
             "HttpPort": self.port,
             "HttpServerEnabled": True,
-            "DicomServerEnabled": False,
+            "DicomServerEnabled": self.dicom,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.dicom_aet,
+            "DicomModalities": self.modalities,
+            "DicomAssociationCloseDelay": 0,
             "StorageDirectory": str(storage),
             "IndexDirectory": str(storage),
             "StorageCompression": False,
@@ -188,6 +209,15 @@ class OrthancServer:
         """``POST /instances`` with one DICOM file; the response says why Orthanc refuses it."""
         return self.rest("POST", "/instances", data=path.read_bytes(),
                          headers={"Content-Type": "application/dicom"})
+
+    def instances(self, modality: str | None = None) -> list[dict[str, object]]:
+        """Every instance Orthanc holds (its REST view: ``ID`` and ``MainDicomTags``), optionally of one modality."""
+        found = []
+        for series_id in self.rest("GET", "/series").json():
+            series = self.rest("GET", f"/series/{series_id}").json()
+            if modality is None or series["MainDicomTags"].get("Modality") == modality:
+                found += self.rest("GET", f"/series/{series_id}/instances").json()
+        return found
 
     def instance_count(self) -> int:
         reply = self.rest("GET", "/statistics")

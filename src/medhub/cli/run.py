@@ -21,8 +21,10 @@ from medhub.errors import MedhubError
 @user_errors
 def run(
     model: Annotated[str, typer.Argument(help="Model name, e.g. deepbet or ct-body (see `medhub models`).")],
-    input: Annotated[str | None, typer.Option("--input", "-i",
-                                              help="DICOM folder, NIfTI, dicomweb:// or idc:// URL.")] = None,
+    input: Annotated[str | None, typer.Option(
+        "--input", "-i", help="DICOM folder, NIfTI, or a URL: dicomweb://HOST/PATH?study=UID, "
+        "dimse://AET@HOST:PORT?study=UID, idc://series/UID."
+    )] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("medhub-out"),
     workflow: Annotated[str | None, typer.Option("--workflow", "-w", help="Workflow name of the model.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="A workflow YAML file to use instead.")] = None,
@@ -37,7 +39,14 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="Skip series already completed in OUT.")] = False,
     scheduler: Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Start a local Dask cluster of N.")] = None,
-    push: Annotated[str | None, typer.Option("--push", help="dicomweb://HOST/PATH for STOW-RS.")] = None,
+    push: Annotated[str | None, typer.Option(
+        "--push", help="Store SEG/RTSTRUCT/SR after the run: dicomweb://HOST/PATH (STOW-RS) or dimse://AET@HOST:PORT "
+        "(C-STORE).")] = None,
+    move_to: Annotated[str | None, typer.Option(
+        "--move-to", help="Retrieve a dimse:// input with C-MOVE to this AE title (medhub's, as the archive knows "
+        "it) instead of C-GET.")] = None,
+    move_port: Annotated[int | None, typer.Option(
+        "--move-port", help="Port medhub receives C-MOVE on (the one the archive has for --move-to).")] = None,
     debug: DebugOption = False,
 ) -> None:
     """Run MODEL on every suitable series under --input and write results to --output."""
@@ -71,12 +80,14 @@ def run(
     if sample and input is not None:
         raise MedhubError("give either --input or --sample, not both")
     if input is None and not sample:
-        raise MedhubError("missing --input (a DICOM folder, a NIfTI file, a dicomweb:// or idc:// URL), "
+        raise MedhubError("missing --input (a DICOM folder, a NIfTI file, a dicomweb://, dimse:// or idc:// URL), "
                           "or use --sample")
     if push is not None:
-        from medhub.inputs.dicomweb import parse_dicomweb_url
+        from medhub.inputs.remote import check_push_url
 
-        parse_dicomweb_url(push)  # a bad push URL fails before any work
+        check_push_url(push)  # a bad push URL fails before any work
+    if (move_to is not None or move_port is not None) and not str(input or "").lower().startswith("dimse:"):
+        raise MedhubError("--move-to and --move-port apply to dimse:// inputs only")
     # SIGTERM (a batch system's kill) unwinds like Ctrl-C, so temporary files are removed on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     progress = JsonLinesProgress() if json_progress else RichProgress()
@@ -88,7 +99,7 @@ def run(
 
             source = keep_sample(output, entry.card.id)
         else:
-            source, scratch, provenance = _resolve_input(str(input), progress)
+            source, scratch, provenance = _resolve_input(str(input), progress, move_to, move_port)
         options = RunOptions(input_path=source, output_dir=output, workflow=chosen, device=device,
                              template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug,
                              resume=resume, input_label=_input_label(input, sample, source, output),
@@ -113,23 +124,24 @@ def run(
 
 
 def _input_label(value: str | None, sample: bool, source: Path, output: Path) -> str:
-    """What the report names as the input: the path, or the DICOMweb URL without credentials."""
-    from medhub.inputs.dicomweb import is_dicomweb_url, redact_url
+    """What the report names as the input: the path, or the PACS URL without credentials."""
+    from medhub.inputs.remote import label
 
     if sample or value is None:
         return f"sample data ({source.relative_to(output).as_posix()})"
-    return redact_url(value) if is_dicomweb_url(value) else value
+    return label(value)
 
 
-def _resolve_input(value: str, progress: Any) -> tuple[Path, Path | None, list[dict[str, Any]]]:
+def _resolve_input(value: str, progress: Any, move_to: str | None = None,
+                   move_port: int | None = None) -> tuple[Path, Path | None, list[dict[str, Any]]]:
     """The folder or file to run on, the scratch folder to remove afterwards (or None), and the input's provenance.
 
-    A local path is used as is; a dicomweb:// URL is fetched (QIDO-RS + WADO-RS) into a scratch
-    folder; an idc:// URL is resolved in IDC's index and fetched into the IDC cache, which the
-    run reads in place and never removes.
+    A local path is used as is; a dicomweb:// or dimse:// URL is fetched (QIDO-RS + WADO-RS, or
+    C-FIND + C-GET / C-MOVE) into a scratch folder; an idc:// URL is resolved in IDC's index and
+    fetched into the IDC cache, which the run reads in place and never removes.
     """
-    from medhub.inputs.dicomweb import fetch_input, is_dicomweb_url
     from medhub.inputs.idc import is_idc_url
+    from medhub.inputs.remote import fetch, is_remote
 
     def fetched(done: int, total: int) -> None:
         progress.event("fetch", done=done, total=total)
@@ -139,10 +151,10 @@ def _resolve_input(value: str, progress: Any) -> tuple[Path, Path | None, list[d
 
         found = idc.fetch_input(value, progress=fetched)
         return found.path, found.scratch, found.provenance
-    if is_dicomweb_url(value):
-        folder = Path(tempfile.mkdtemp(prefix="medhub-dicomweb-"))
+    if is_remote(value):
+        folder = Path(tempfile.mkdtemp(prefix="medhub-pacs-"))
         try:
-            return fetch_input(value, folder, progress=fetched), folder, []
+            return fetch(value, folder, progress=fetched, move_to=move_to, move_port=move_port), folder, []
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -153,18 +165,19 @@ def _resolve_input(value: str, progress: Any) -> tuple[Path, Path | None, list[d
 
 
 def _push(report: Any, output: Path, url: str) -> None:
-    """Store the DICOM results through STOW-RS; a failed push is exit code 1 (the results are written locally)."""
-    from medhub.inputs.dicomweb import push_outputs
+    """Store the DICOM results (STOW-RS or C-STORE); a failed push is exit code 1 (the results are written locally)."""
+    from medhub.inputs.push import PUSHED_SUFFIXES
+    from medhub.inputs.remote import label, push
 
-    files = [output / o for e in report.series for o in e.outputs if o.endswith((".seg.dcm", ".rtstruct.dcm"))]
+    files = [output / o for e in report.series for o in e.outputs if o.endswith(PUSHED_SUFFIXES)]
     if not files:
         return
     try:
-        stored = push_outputs(files, url)
+        stored = push(files, url)
     except MedhubError as exc:
         typer.echo(f"medhub: {exc}", err=True)
         raise typer.Exit(EXIT_SOME_FAILED) from None
-    typer.echo(f"pushed {len(stored)} object(s) to {url.split('?')[0].split('@')[-1]}", err=True)
+    typer.echo(f"pushed {len(stored)} of {len(files)} to {label(url).split('?')[0]}", err=True)
 
 
 def print_run_summary(report: Any) -> None:

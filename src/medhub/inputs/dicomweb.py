@@ -33,6 +33,7 @@ import requests
 
 from medhub.errors import MedhubError
 from medhub.files import atomic_output, safe_component
+from medhub.inputs.push import PushProgress, push_files
 
 SCHEMES = {"dicomweb": "http", "dicomwebs": "https", "http": "http", "https": "https"}
 """URL schemes accepted, and the HTTP scheme each one means (``dicomwebs`` is DICOMweb over TLS)."""
@@ -53,8 +54,6 @@ _FAILED_SOP, _FAILURE_REASON = "00081198", "00081197"
 FetchProgress = Callable[[int, int], None]
 """Called as ``progress(instances_written, instances_expected)`` while an input is fetched."""
 
-PushProgress = Callable[[Path, str], None]
-"""Called as ``progress(file, sop_instance_uid)`` after each file is stored."""
 
 
 @dataclass(frozen=True)
@@ -376,87 +375,55 @@ def _retrieve_series(client: Any, target: DicomwebTarget, study: str, series: st
 
 
 # -- push --------------------------------------------------------------------------------------
+class DicomwebPush:
+    """STOW-RS as a :class:`~medhub.inputs.push.PushTarget`: one request per instance."""
+
+    def __init__(self, target: DicomwebTarget) -> None:
+        self.target = target
+        self.client: Any = None
+
+    def open(self, datasets: Sequence[pydicom.Dataset]) -> None:
+        """Ask a cheap QIDO question: proves the server answers and accepts the credentials."""
+        self.client = self.target.client()
+        checking = "checking the server before storing"
+        try:
+            self.client.search_for_studies(limit=1, fields=["StudyInstanceUID"])
+        except requests.HTTPError as exc:
+            if exc.response is not None and exc.response.status_code in (401, 403):
+                raise _http_error(self.target, exc, checking) from None
+            # any other answer proves the server is up; a STOW-only service may not offer QIDO
+        except Exception as exc:
+            raise _http_error(self.target, exc, checking) from None
+
+    def store(self, path: Path, dataset: pydicom.Dataset) -> None:
+        """STOW-RS one instance and check the server's answer names it as stored."""
+        target, uid = self.target, str(dataset.SOPInstanceUID)
+        try:
+            answer = self.client.store_instances([dataset], study_instance_uid=target.study)
+        except Exception as exc:
+            raise _http_error(target, exc, f"storing {path.name}") from None
+        failed = [item for item in getattr(answer, "FailedSOPSequence", []) or []
+                  if str(getattr(item, "ReferencedSOPInstanceUID", uid)) == uid]
+        if failed:
+            code = getattr(failed[0], "FailureReason", None)
+            raise MedhubError(f"DICOMweb server {target.base_url} refused {path.name} (STOW failure reason "
+                              f"{f'0x{int(code):04X}' if code is not None else 'not given'})")
+        referenced = {str(getattr(item, "ReferencedSOPInstanceUID", "")) for item in
+                      getattr(answer, "ReferencedSOPSequence", []) or []}
+        if referenced and uid not in referenced:
+            raise MedhubError(f"DICOMweb server {target.base_url} did not confirm storing {path.name} "
+                              f"(SOP Instance UID {uid})")
+
+    def close(self) -> None:
+        self.client = None
+
+
 def push_outputs(files: Sequence[Path], url: str | os.PathLike[str],
                  progress: PushProgress | None = None) -> list[str]:
     """Store each DICOM file (SEG, RTSTRUCT, SR) through STOW-RS; return the stored SOP Instance UIDs.
 
-    As close to all-or-nothing as STOW allows (it stores per instance): every file is read and
-    checked first, then the server is asked a cheap QIDO question to prove it answers and accepts
-    the credentials, and only then are the files stored, one request each, in order. On the
-    first failure the push stops and MedhubError says exactly what was and was not stored
-    ("pushed 1 of 2: stored a.seg.dcm; not stored b.rtstruct.dcm: cannot reach ..."). A ``study=`` in
-    the URL makes the server check that every object belongs to that study.
+    The accounting (read everything first, prove the server answers, stop at the first failure
+    and say what was and was not stored) is :func:`medhub.inputs.push.push_files`'s. A
+    ``study=`` in the URL makes the server check that every object belongs to that study.
     """
-    target = parse_dicomweb_url(url)
-    paths = [Path(f) for f in files]
-    datasets = [_read_for_push(path) for path in paths]
-    if not datasets:
-        return []
-    client = target.client()
-    checking = "checking the server before storing"
-    try:
-        client.search_for_studies(limit=1, fields=["StudyInstanceUID"])
-    except requests.HTTPError as exc:
-        if exc.response is not None and exc.response.status_code in (401, 403):
-            raise _nothing_pushed(target, paths, _http_error(target, exc, checking)) from None
-        # any other answer proves the server is up; a STOW-only service may not offer QIDO
-    except Exception as exc:
-        raise _nothing_pushed(target, paths, _http_error(target, exc, checking)) from None
-
-    stored: list[str] = []
-    for index, (path, dataset) in enumerate(zip(paths, datasets, strict=True)):
-        try:
-            _store_one(client, target, path, dataset)
-        except MedhubError as exc:
-            raise MedhubError(_partial_message(paths, index, str(exc))) from None
-        stored.append(str(dataset.SOPInstanceUID))
-        if progress:
-            progress(path, stored[-1])
-    return stored
-
-
-def _read_for_push(path: Path) -> pydicom.Dataset:
-    """Read one output before anything is stored; a bad file stops the push with nothing sent."""
-    if not path.is_file():
-        raise MedhubError(f"cannot push {path}: file not found (nothing pushed)")
-    try:
-        dataset = pydicom.dcmread(path)
-    except Exception as exc:
-        raise MedhubError(f"cannot push {path}: not a readable DICOM file ({_reason(exc)}) (nothing pushed)") from None
-    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
-               if not str(getattr(dataset, k, "") or "").strip()]
-    if missing:
-        raise MedhubError(f"cannot push {path}: empty {', '.join(missing)}; a DICOMweb server refuses an object "
-                          "without these UIDs (nothing pushed)")
-    return dataset
-
-
-def _store_one(client: Any, target: DicomwebTarget, path: Path, dataset: pydicom.Dataset) -> None:
-    """STOW-RS one instance and check the server's answer names it as stored."""
-    uid = str(dataset.SOPInstanceUID)
-    try:
-        answer = client.store_instances([dataset], study_instance_uid=target.study)
-    except Exception as exc:
-        raise _http_error(target, exc, f"storing {path.name}") from None
-    failed = [item for item in getattr(answer, "FailedSOPSequence", []) or []
-              if str(getattr(item, "ReferencedSOPInstanceUID", uid)) == uid]
-    if failed:
-        code = getattr(failed[0], "FailureReason", None)
-        raise MedhubError(f"DICOMweb server {target.base_url} refused {path.name} (STOW failure reason "
-                          f"{f'0x{int(code):04X}' if code is not None else 'not given'})")
-    referenced = {str(getattr(item, "ReferencedSOPInstanceUID", "")) for item in
-                  getattr(answer, "ReferencedSOPSequence", []) or []}
-    if referenced and uid not in referenced:
-        raise MedhubError(f"DICOMweb server {target.base_url} did not confirm storing {path.name} "
-                          f"(SOP Instance UID {uid})")
-
-
-def _nothing_pushed(target: DicomwebTarget, paths: Sequence[Path], cause: MedhubError) -> MedhubError:
-    names = ", ".join(p.name for p in paths)
-    return MedhubError(f"pushed 0 of {len(paths)}: {cause}; not stored: {names}")
-
-
-def _partial_message(paths: Sequence[Path], failed_index: int, reason: str) -> str:
-    stored = ", ".join(p.name for p in paths[:failed_index]) or "nothing"
-    not_stored = ", ".join(p.name for p in paths[failed_index:])
-    return f"pushed {failed_index} of {len(paths)}: stored {stored}; not stored {not_stored}: {reason}"
+    return push_files(files, DicomwebPush(parse_dicomweb_url(url)), progress)
