@@ -32,6 +32,11 @@ def run(
     rtstruct: Annotated[bool, typer.Option("--rtstruct", help="Also write an RTSTRUCT per series.")] = False,
     nifti: Annotated[bool, typer.Option("--nifti", help="Also write the label map as NIfTI.")] = False,
     labelmap: Annotated[bool, typer.Option("--labelmap", help="Write a LABELMAP SEG instead of BINARY.")] = False,
+    preview: Annotated[bool, typer.Option(
+        "--preview", help="Also write <model>.preview.png per series: slices with the overlay and a legend.")] = False,
+    statistics: Annotated[bool, typer.Option(
+        "--statistics", help="Also write <model>.statistics.json/.csv per series: volume and image values per segment."
+    )] = False,
     template: Annotated[str | None, typer.Option("--template", help="Output path template.")] = None,
     sample: Annotated[bool, typer.Option("--sample", help="Run on sample data shipped with a dependency.")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
@@ -71,7 +76,8 @@ def run(
         chosen = load_workflow_file(entry.workflows[name])
     extra = list(set_ or [])
     chosen = apply_overrides(chosen, extra)
-    for flag, step in ((rtstruct, "write_rtstruct"), (nifti, "write_nifti")):
+    for flag, step in ((rtstruct, "write_rtstruct"), (nifti, "write_nifti"), (statistics, "write_statistics"),
+                       (preview, "write_preview")):
         if flag and step not in chosen.execute:
             chosen.execute.append(step)
     if labelmap:

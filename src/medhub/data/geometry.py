@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
 from medhub.data.volume import Volume
 from medhub.errors import MedhubError
@@ -24,6 +25,7 @@ from medhub.errors import MedhubError
 REGULARITY_TOLERANCE = 0.05
 # Positions closer than this (mm) are "the same position" (duplicates or 4D).
 SAME_POSITION_MM = 0.01
+LPS_AXES = np.array([[0, 1], [1, 1], [2, 1]])  # array axis i → world axis i, positive direction
 
 
 def slice_normal(orientation: np.ndarray) -> np.ndarray:
@@ -306,3 +308,18 @@ def labels_to_source(volume: Volume, labels: np.ndarray) -> np.ndarray:
         values[inside] = labels[index[0, inside], index[1, inside], index[2, inside]]
         out[k] = values.reshape(grid.rows, grid.columns)
     return out
+
+
+def to_lps(array: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder voxels so the axes point to patient Left, Posterior, Superior; return (array, affine).
+
+    The closest such axes for an oblique grid; no interpolation. Then an axial slice drawn with
+    x to the right and y downwards is the radiological view, whatever the voxel order was.
+    """
+    transform = ornt_transform(io_orientation(affine_lps), LPS_AXES)
+    return apply_orientation(array, transform), affine_lps @ inv_ornt_aff(transform, array.shape)
+
+
+def from_lps(array_lps: np.ndarray, affine_lps: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`to_lps`: an LPS-ordered array back to the voxel order of ``affine_lps``'s grid."""
+    return apply_orientation(array_lps, ornt_transform(LPS_AXES, io_orientation(affine_lps)))

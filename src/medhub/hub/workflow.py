@@ -16,7 +16,8 @@ from medhub.errors import MedhubError
 from medhub.hub.card import InputSpec, ModelCard
 from medhub.inputs.select import SelectionRules
 
-KNOWN_STEPS = ("select", "load", "predict", "write_seg", "write_rtstruct", "write_nifti", "write_sr")
+KNOWN_STEPS = ("select", "load", "predict", "write_seg", "write_rtstruct", "write_nifti", "write_sr",
+               "write_statistics", "write_preview")
 
 
 class WorkflowGeneral(BaseModel):

@@ -38,9 +38,11 @@ from medhub.pipeline.report import Journal, RunReport, SeriesEntry, Status
 from medhub.segdb import get_segment
 from medhub.writers.embedding import write_embedding
 from medhub.writers.nifti import write_nifti
+from medhub.writers.preview import write_preview
 from medhub.writers.provenance import AlgorithmInfo
 from medhub.writers.rtstruct import write_rtstruct
 from medhub.writers.seg import write_seg
+from medhub.writers.statistics import write_statistics
 from medhub.writers.values import write_value_outputs
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -263,6 +265,7 @@ class Pipeline:
                 self._write_embedding(entry, prediction, volume, target)
             if prediction.labels is not None:
                 self._write_nifti(entry, prediction, volume, target)
+                self._write_summaries(entry, prediction, volume, target)
             if prediction.labels is None and prediction.embedding is None:  # value-only models (few-shot heads)
                 self._write_values(entry, prediction, volume, target)
             entry.status = Status.SUCCEEDED
@@ -303,6 +306,7 @@ class Pipeline:
         if wants_dicom and source is not None and not source.referenceable:
             entry.notes.append(source.unreferenceable_reason)
             self._write_nifti(entry, prediction, volume, base)
+            self._write_summaries(entry, prediction, volume, base)
             return
         segments = {value: get_segment(seg_id) for value, seg_id in prediction.segments.items()}
         present = set(np.unique(prediction.labels).tolist()) - {0}
@@ -329,6 +333,23 @@ class Pipeline:
                 entry.notes.append("the model found none of its segments: no SEG/RTSTRUCT written")
         if self.workflow.runs("write_nifti") or source is None:
             self._write_nifti(entry, prediction, volume, base)
+        self._write_summaries(entry, prediction, volume, base)
+
+    def _write_summaries(self, entry: SeriesEntry, prediction: Prediction, volume: Volume, base: Path) -> None:
+        """``<base>.statistics.json`` / ``.csv`` (``write_statistics``), ``<base>.preview.png`` (``write_preview``)."""
+        segments = {value: get_segment(seg_id) for value, seg_id in prediction.segments.items()}
+        card = self.model.card
+        if self.workflow.runs("write_statistics"):
+            with self._step(entry, "write_statistics"):
+                written = write_statistics(base, volume, prediction.labels, segments, model=card.id,
+                                           model_version=str(card.version), series_key=entry.key)
+            entry.outputs.extend(str(path.relative_to(self.options.output_dir)) for path in written)
+        if self.workflow.runs("write_preview"):
+            final = base.with_name(base.name + ".preview.png")
+            title = f"{card.id} {card.version} · {entry.description or entry.key}"
+            with self._step(entry, "write_preview"):
+                write_preview(final, volume, prediction.labels, segments, title)
+            entry.outputs.append(str(final.relative_to(self.options.output_dir)))
 
     def _write_nifti(self, entry: SeriesEntry, prediction: Prediction, volume: Volume, base: Path) -> None:
         suffix = ".nii" if self.workflow.params("write_nifti").get("compress") is False else ".nii.gz"

@@ -32,8 +32,8 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
 
+from medhub.data.geometry import from_lps, to_lps
 from medhub.data.volume import LPS_TO_RAS, Volume
 from medhub.errors import MedhubError
 from medhub.files import atomic_output, safe_component
@@ -48,7 +48,6 @@ MAX_IN_PLANE = 512
 MAX_VOXELS = 48_000_000  # ~96 MB of int16 before compression
 CACHE_VERSION = 1
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-LPS_AXES = np.array([[0, 1], [1, 1], [2, 1]])  # array axis i → world axis i, positive direction
 CT_PRESETS = {"soft tissue": (-160.0, 240.0), "lung": (-1350.0, 150.0), "bone": (-450.0, 1050.0),
               "brain": (0.0, 80.0)}
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
@@ -187,12 +186,6 @@ def _report_instances(output: Path, series: str) -> set[str]:
 # ----------------------------------------------------------------------------------- arrays
 
 
-def to_lps(array: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder voxels so the axes point to patient Left, Posterior, Superior; return (array, affine)."""
-    transform = ornt_transform(io_orientation(affine_lps), LPS_AXES)
-    return apply_orientation(array, transform), affine_lps @ inv_ornt_aff(transform, array.shape)
-
-
 def read_labels(path: Path, volume: Volume) -> np.ndarray:
     """The label NIfTI as uint8 on the input volume's grid (same voxel order as ``volume.array``)."""
     try:
@@ -213,8 +206,7 @@ def read_labels(path: Path, volume: Volume) -> np.ndarray:
             f"{volume.array.shape}; the overlay would be misplaced"
         )
     # Back to the input's own voxel order: the caller reorients both together.
-    back = ornt_transform(LPS_AXES, io_orientation(volume.affine_lps))
-    return apply_orientation(labels_lps, back).astype(np.uint8)
+    return from_lps(labels_lps, volume.affine_lps).astype(np.uint8)
 
 
 def _int16(array: np.ndarray) -> tuple[np.ndarray, float, float]:
