@@ -31,6 +31,7 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override module.param=value (repeatable).")] = None,
     rtstruct: Annotated[bool, typer.Option("--rtstruct", help="Also write an RTSTRUCT per series.")] = False,
     nifti: Annotated[bool, typer.Option("--nifti", help="Also write the label map as NIfTI.")] = False,
+    seg_nrrd: Annotated[bool, typer.Option("--seg-nrrd", help="Also write <model>.seg.nrrd for 3D Slicer.")] = False,
     labelmap: Annotated[bool, typer.Option("--labelmap", help="Write a LABELMAP SEG instead of BINARY.")] = False,
     preview: Annotated[bool, typer.Option(
         "--preview", help="Also write <model>.preview.png per series: slices with the overlay and a legend.")] = False,
@@ -77,7 +78,7 @@ def run(
     extra = list(set_ or [])
     chosen = apply_overrides(chosen, extra)
     for flag, step in ((rtstruct, "write_rtstruct"), (nifti, "write_nifti"), (statistics, "write_statistics"),
-                       (preview, "write_preview")):
+                       (preview, "write_preview"), (seg_nrrd, "write_seg_nrrd")):
         if flag and step not in chosen.execute:
             chosen.execute.append(step)
     if labelmap:

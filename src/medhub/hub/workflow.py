@@ -17,7 +17,7 @@ from medhub.hub.card import InputSpec, ModelCard
 from medhub.inputs.select import SelectionRules
 
 KNOWN_STEPS = ("select", "load", "predict", "write_seg", "write_rtstruct", "write_nifti", "write_sr",
-               "write_statistics", "write_preview")
+               "write_statistics", "write_preview", "write_seg_nrrd")
 
 
 class WorkflowGeneral(BaseModel):

@@ -42,6 +42,7 @@ from medhub.writers.preview import write_preview
 from medhub.writers.provenance import AlgorithmInfo
 from medhub.writers.rtstruct import write_rtstruct
 from medhub.writers.seg import write_seg
+from medhub.writers.seg_nrrd import write_seg_nrrd
 from medhub.writers.statistics import write_statistics
 from medhub.writers.values import write_value_outputs
 
@@ -265,6 +266,8 @@ class Pipeline:
                 self._write_embedding(entry, prediction, volume, target)
             if prediction.labels is not None:
                 self._write_nifti(entry, prediction, volume, target)
+                if self.workflow.runs("write_seg_nrrd"):
+                    self._write_seg_nrrd(entry, prediction, volume, target)
                 self._write_summaries(entry, prediction, volume, target)
             if prediction.labels is None and prediction.embedding is None:  # value-only models (few-shot heads)
                 self._write_values(entry, prediction, volume, target)
@@ -301,6 +304,8 @@ class Pipeline:
         if prediction.labels is None:  # value-only models (few-shot heads): JSON + CSV, DICOM SR with write_sr
             self._write_values(entry, prediction, volume, base)
             return
+        if self.workflow.runs("write_seg_nrrd"):  # needs no UIDs: also for sources a SEG cannot reference
+            self._write_seg_nrrd(entry, prediction, volume, base)
         source = volume.source
         wants_dicom = self.workflow.runs("write_seg") or self.workflow.runs("write_rtstruct")
         if wants_dicom and source is not None and not source.referenceable:
@@ -358,6 +363,18 @@ class Pipeline:
             write_nifti(prediction.labels, volume.affine_lps, temporary.with_name(temporary.name + suffix))
             temporary.with_name(temporary.name + suffix).replace(temporary)
         entry.outputs.append(str(final.relative_to(self.options.output_dir)))
+
+    def _write_seg_nrrd(self, entry: SeriesEntry, prediction: Prediction, volume: Volume, base: Path) -> None:
+        """``<base>.seg.nrrd``: 3D Slicer's segmentation file (:mod:`medhub.writers.seg_nrrd`)."""
+        segments = {value: get_segment(seg_id) for value, seg_id in prediction.segments.items()}
+        card = self.model.card
+        fields = {"medhub_model": f"{card.id} {card.version}", "medhub_source": entry.series_instance_uid or entry.key}
+        final = base.with_name(base.name + ".seg.nrrd")
+        with self._step(entry, "write_seg_nrrd"), atomic_output(final) as temporary:
+            written = write_seg_nrrd(prediction.labels, volume.affine_lps, segments, temporary, fields=fields)
+        entry.outputs.append(str(final.relative_to(self.options.output_dir)))
+        if not written:
+            entry.notes.append("the model found none of its segments: the .seg.nrrd holds no segment")
 
     def _write_embedding(self, entry: SeriesEntry, prediction: Prediction, volume: Volume, base: Path) -> None:
         """``<base>.embedding.npy`` + ``<base>.embedding.json`` (see :mod:`medhub.hub.embeddings`)."""
