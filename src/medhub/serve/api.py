@@ -50,7 +50,7 @@ class Progress(BaseModel):
 
 class ResultFile(BaseModel):
     path: str = Field(description="relative to the job's output folder, e.g. '<series>/<model>.seg.dcm'")
-    kind: str = Field(description="seg, rtstruct, nifti or report")
+    kind: str = Field(description="seg, rtstruct, seg_nrrd, nifti or report")
     size: int
     series: str = Field(description="series folder the file belongs to ('' for the report)")
 
@@ -302,7 +302,8 @@ def job_results_zip(job_id: JOB_ID, request: Request) -> FileResponse:
 
 
 _MEDIA = {"seg": "application/dicom", "rtstruct": "application/dicom", "nifti": "application/gzip",
-          "report": "application/json"}
+          "seg_nrrd": "application/octet-stream", "report": "application/json"}
+_OCTETS = "application/octet-stream"  # SR, values, embeddings: downloaded as files
 
 
 @router.get("/jobs/{job_id}/results/{path:path}",
@@ -315,6 +316,6 @@ def job_result_file(job_id: JOB_ID, path: str, request: Request) -> FileResponse
     output = _finished_output(service, job_id)
     for item in list_results(output):
         if item["path"] == path:
-            media = "application/octet-stream" if path.endswith(".nii") else _MEDIA[item["kind"]]
+            media = "application/octet-stream" if path.endswith(".nii") else _MEDIA.get(item["kind"], _OCTETS)
             return FileResponse(output / item["path"], media_type=media, filename=Path(path).name)
     raise ApiError(404, f"job {job_id} has no result file {path!r}")

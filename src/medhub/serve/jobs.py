@@ -44,7 +44,8 @@ log = logging.getLogger("medhub.serve")
 
 STOPPED_NOTE = "the server stopped during this job; queued again"
 RESULT_KINDS = (
-    (".seg.dcm", "seg"), (".rtstruct.dcm", "rtstruct"), (".sr.dcm", "sr"), (".nii.gz", "nifti"), (".nii", "nifti"),
+    (".seg.dcm", "seg"), (".rtstruct.dcm", "rtstruct"), (".sr.dcm", "sr"), (".seg.nrrd", "seg_nrrd"),
+    (".nii.gz", "nifti"), (".nii", "nifti"),
     (".values.json", "values"), (".values.csv", "values"), (".embedding.npy", "embedding"),
     (".embedding.json", "embedding"),
 )
@@ -57,6 +58,7 @@ class JobOptions(BaseModel):
 
     rtstruct: bool = Field(False, description="also write an RTSTRUCT per series")
     labelmap: bool = Field(False, description="write a LABELMAP SEG instead of BINARY")
+    seg_nrrd: bool = Field(False, description="also write <model>.seg.nrrd, 3D Slicer's segmentation file")
     set: list[str] = Field(default_factory=list, description="workflow overrides module.param=value")
 
 
@@ -84,7 +86,8 @@ def resolve_workflow(entry: ModelEntry, name: str, options: JobOptions) -> Workf
         have = ", ".join(sorted(entry.workflows)) or "none"
         raise ApiError(422, f"model {entry.id} has no workflow '{name}'; available: {have}")
     workflow = apply_overrides(load_workflow_file(entry.workflows[name]), options.set)
-    for wanted, step in ((options.rtstruct, "write_rtstruct"), (True, "write_nifti")):
+    for wanted, step in ((options.rtstruct, "write_rtstruct"), (True, "write_nifti"),
+                         (options.seg_nrrd, "write_seg_nrrd")):
         if wanted and step not in workflow.execute:
             workflow.execute.append(step)
     if options.labelmap:
