@@ -47,6 +47,8 @@ boto3 = pytest.importorskip("boto3", reason="boto3 (with moto[server]) is not in
 
 NLST_SERIES = "1.2.840.113654.2.55.100571693005277896207186053263941903564"
 """A real NLST chest CT series of IDC's index with 15 instances: as many slices as the test serves."""
+NLST_SCOUT = "1.2.840.113654.2.55.125256904030258941390352568373416205054"
+"""The 2-image CT localizer of the same NLST study."""
 MHUB_TUTORIAL_SERIES = "1.2.840.113654.2.55.257926562693607663865369179341285235858"
 """NLST patient 100002's STANDARD-kernel CT of MHub's TotalSegmentator tutorial (126 instances)."""
 PHILIPS = "ct/philips_phantom_head_1mm"
@@ -149,16 +151,27 @@ def endpoint(index) -> Iterator[Endpoint]:
     client.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [{
         "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
         "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}))
-    keys = []
-    for number, path in enumerate(chosen):
-        dataset = as_nlst(pydicom.dcmread(path), series, number)
-        key = f"{prefix}/{uuid.uuid5(uuid.NAMESPACE_OID, dataset.SOPInstanceUID)}.dcm"  # IDC names files by UUID
-        client.put_object(Bucket=bucket, Key=key, Body=encode(dataset))
-        keys.append(key)
+    keys = upload(client, series, chosen)
+    # the same study's 2-image CT scout, as a second series (two slices of the phantom)
+    (scout,) = index.resolve(parse_idc_url(f"idc://series/{NLST_SCOUT}"))
+    assert scout.instances == 2 and scout.study_instance_uid == series.study_instance_uid
+    upload(client, scout, files[:2])
     try:
         yield Endpoint(url, client, bucket, prefix, keys, series)
     finally:
         server.stop()
+
+
+def upload(client, series, files: list[Path]) -> list[str]:
+    """Real slices as the instances of ``series``, stored where the index's series_aws_url says; their keys."""
+    bucket, prefix = re.match(r"^s3://([^/]+)/([^/]+)/\*$", series.aws_url).groups()
+    keys = []
+    for number, path in enumerate(files):
+        dataset = as_nlst(pydicom.dcmread(path), series, number)
+        key = f"{prefix}/{uuid.uuid5(uuid.NAMESPACE_OID, dataset.SOPInstanceUID)}.dcm"  # IDC names files by UUID
+        client.put_object(Bucket=bucket, Key=key, Body=encode(dataset))
+        keys.append(key)
+    return keys
 
 
 def as_nlst(dataset: pydicom.Dataset, series, number: int) -> pydicom.Dataset:
@@ -294,3 +307,49 @@ def test_a_cached_series_that_lost_a_file_is_completed_from_the_endpoint(endpoin
     again = fetch_series(endpoint.series, cache=cache, endpoint=endpoint.url)
     assert again.downloaded_files == 1 and (again.folder / victim.name).is_file()
     shutil.rmtree(cache)
+
+
+class TwoSeries:
+    """IDC's real index, resolving any URL to two real series of one NLST study: the CT and its scout.
+
+    The real index resolves ``idc://study/`` to all six series of that study (three of them SEG
+    and SR analysis results, one CT of 124 images); the test serves two of them to keep CI short.
+    """
+
+    def __init__(self, index: IdcIndex) -> None:
+        self.index, self.version = index, index.version
+
+    def resolve(self, _request):
+        return [self.index.search(series=uid)[0] for uid in (NLST_SERIES, NLST_SCOUT)]
+
+
+@pytest.mark.slow
+def test_several_series_are_fetched_into_the_cache_and_run_from_links(endpoint, index, tmp_path, monkeypatch):
+    from medhub.hub.catalog import get_model
+    from medhub.hub.workflow import load_workflow_file
+    from medhub.inputs import idc
+    from medhub.pipeline.run import RunOptions, run
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(ENDPOINT_ENV, endpoint.url)
+    study = endpoint.series.study_instance_uid
+    seen: list[tuple[int, int]] = []
+    found = idc.fetch_input(f"idc://study/{study}", index=TwoSeries(index), progress=lambda d, t: seen.append((d, t)))
+    assert found.scratch == found.path and found.path.parent != tmp_path / "cache"
+    assert sorted(p.name for p in found.path.iterdir()) == sorted([NLST_SERIES, NLST_SCOUT])
+    assert all(link.is_symlink() and link.resolve().parent == tmp_path / "cache" / link.parent.name
+               for link in found.path.rglob("*.dcm"))
+    assert [p["series_instance_uid"] for p in found.provenance] == [NLST_SERIES, NLST_SCOUT]
+    assert seen[-1] == (17, 17)
+
+    entry = get_model("ct-body")
+    options = RunOptions(input_path=found.path, output_dir=tmp_path / "out", device="cpu",
+                         workflow=load_workflow_file(entry.workflows["default"]),
+                         input_provenance=found.provenance)
+    report = run(entry, options)
+    status = {item.series_instance_uid: (item.status.value, item.reason) for item in report.series}
+    assert status[NLST_SERIES] == ("succeeded", "")
+    assert status[NLST_SCOUT][0] == "rejected" and "2" in status[NLST_SCOUT][1]
+    assert len(report.input_provenance) == 2
+    shutil.rmtree(found.scratch)  # what medhub run does after the run: links only, the cache stays
+    assert len(list((tmp_path / "cache" / NLST_SERIES).iterdir())) == 15
