@@ -115,3 +115,19 @@ def test_writer_keeps_laterality_codes_and_refuses_undescribed_labels(tmp_path):
         write_seg_nrrd(labels, affine, segments, tmp_path / "bad.seg.nrrd")
     with pytest.raises(MedhubError, match="affine"):
         write_seg_nrrd(labels * 0, np.zeros((4, 4)), segments, tmp_path / "bad.seg.nrrd")
+
+
+def test_nifti_input_gets_a_seg_nrrd_on_the_nifti_geometry(tmp_path):
+    """A NIfTI input (what the Slicer extension sends for a volume without DICOM) gets its .seg.nrrd too."""
+    source = shared_path("ct/totalsegmentator_nifti/example_ct_sm.nii.gz")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "medhub", "run", "ct-body", "--input", str(source), "--output",
+                           str(out), "--seg-nrrd"], capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    segmentation = slicerio.read_segmentation(str(out / "example_ct_sm" / "ct-body.seg.nrrd"))
+    labels = nib.load(out / "example_ct_sm" / "ct-body.nii.gz")
+    assert np.array_equal(segmentation["voxels"], np.asarray(labels.dataobj))
+    np.testing.assert_allclose(LPS_TO_RAS @ segmentation["ijkToLPS"], nib.load(source).affine, atol=1e-4)
+    names = [segment["name"] for segment in segmentation["segments"]]
+    assert names == ["Body", "Left lung", "Right lung", "Bone"]
+    assert segmentation["segments"][1]["terminology"]["typeModifier"] == ["SCT", "7771000", "Left"]
