@@ -206,3 +206,24 @@ def ndimage_blobs(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.n
     out = np.zeros(shape, dtype=np.uint8)
     out[: full.shape[0], : full.shape[1], : full.shape[2]] = full[: shape[0], : shape[1], : shape[2]]
     return out
+
+
+def test_labels_from_source_inverts_labels_to_source() -> None:
+    """Source-plane labels (a SEG) onto the resampled grid and back give the same labels."""
+    rows, columns, pixel_spacing = 30, 36, (1.0, 1.0)
+    positions = np.array([[0, 0, 2.0 * k] for k in range(8)])
+    normal = geometry.slice_normal(TILTED)
+    grid = geometry.regular_grid(positions, TILTED, pixel_spacing, rows, columns, 2.0 * normal[2])
+    volume = Volume(np.zeros(grid.shape), grid.affine, _source_grid(positions, TILTED, pixel_spacing, rows, columns,
+                                                                    True))
+    rng = np.random.default_rng(5)
+    planes = ndimage_blobs(rng, (8, rows, columns))
+    on_grid = geometry.labels_from_source(volume, planes)
+    assert on_grid.shape == grid.shape and on_grid.any()
+    np.testing.assert_array_equal(geometry.labels_to_source(volume, on_grid), planes)
+    flat = Volume(np.zeros((columns, rows, 8)), geometry.affine_from_planes(AXIAL, pixel_spacing, positions[0],
+                                                                             np.array([0, 0, 2.0])),
+                  _source_grid(positions, AXIAL, pixel_spacing, rows, columns, False))
+    np.testing.assert_array_equal(geometry.labels_from_source(flat, planes), planes.transpose(2, 1, 0))
+    with pytest.raises(MedhubError, match="source planes have shape"):
+        geometry.labels_from_source(flat, planes[:3])

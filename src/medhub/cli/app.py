@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 
 from medhub.errors import MedhubError
 
-COMMAND_ORDER = ("run", "doctor", "models", "info", "pull", "check", "new", "schema", "serve", "heads", "idc")
+COMMAND_ORDER = ("run", "view", "doctor", "models", "info", "pull", "check", "new", "schema", "serve", "heads", "idc")
 
 
 class _InOrder(TyperGroup):

@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 
-from medhub.cli import doctor, heads, hub, idc, run, serve  # noqa: F401 - each registers its commands on the app
+from medhub.cli import doctor, heads, hub, idc, run, serve, view  # noqa: F401 - each registers its commands on the app
 from medhub.cli.app import app
 
 

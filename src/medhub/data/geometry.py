@@ -310,6 +310,47 @@ def labels_to_source(volume: Volume, labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def labels_from_source(volume: Volume, planes: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`labels_to_source`: labels on the source planes ``(n_planes, rows, columns)``
+    onto ``volume``'s grid ``[x, y, z]``, each voxel taking the label of the nearest source voxel.
+
+    Used to show a SEG (which lies on the source planes) over the loaded volume. Without
+    resampling this is a transpose; after resampling each target voxel takes the plane nearest
+    along the slice normal and, on it, the nearest pixel (0 outside every plane).
+    """
+    grid = volume.source
+    if grid is None:
+        raise MedhubError("volume has no DICOM source planes (loaded from NIfTI?); cannot map labels onto it")
+    planes = np.asarray(planes)
+    expected = (len(grid.planes), grid.rows, grid.columns)
+    if planes.shape != expected:
+        raise MedhubError(f"labels on the source planes have shape {planes.shape}, the source has {expected}")
+    if not grid.resampled:
+        return np.ascontiguousarray(planes.transpose(2, 1, 0))
+    normal = slice_normal(grid.orientation)
+    row_dir, col_dir = grid.orientation[:3], grid.orientation[3:6]
+    dx, dy = float(grid.pixel_spacing[1]), float(grid.pixel_spacing[0])
+    origins = np.array([np.asarray(plane.position, dtype=float) for plane in grid.planes])
+    locations = origins @ normal
+    order = np.argsort(locations)
+    nx, ny, nz = volume.array.shape
+    out = np.zeros((nx, ny, nz), dtype=planes.dtype)
+    affine = volume.affine_lps
+    xs, ys = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    for z in range(nz):
+        world = (affine[:3, 0, None, None] * xs + affine[:3, 1, None, None] * ys
+                 + (affine[:3, 2] * z + affine[:3, 3])[:, None, None])  # (3, nx, ny)
+        along = np.tensordot(normal, world, axes=1)
+        nearest = np.clip(np.searchsorted(locations[order], along), 1, len(order) - 1)
+        below, above = order[nearest - 1], order[nearest]
+        plane = np.where(np.abs(along - locations[below]) <= np.abs(along - locations[above]), below, above)
+        offset = world - origins[plane].transpose(2, 0, 1)
+        column = np.floor(np.tensordot(row_dir, offset, axes=1) / dx + 0.5).astype(np.int64)
+        row = np.floor(np.tensordot(col_dir, offset, axes=1) / dy + 0.5).astype(np.int64)
+        inside = (column >= 0) & (column < grid.columns) & (row >= 0) & (row < grid.rows)
+        out[:, :, z][inside] = planes[plane[inside], row[inside], column[inside]]
+    return out
+
 def to_lps(array: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reorder voxels so the axes point to patient Left, Posterior, Superior; return (array, affine).
 

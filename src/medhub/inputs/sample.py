@@ -1,7 +1,7 @@
 """Sample input for trying a model without one's own data (``medhub run MODEL --sample``).
 
 Only data that ships inside an installed wheel is used: nothing is downloaded. deepbet gets
-nilearn's bundled MNI152 T1 template (1 mm, with skull) written as a DICOM MR series. There is
+nilearn's bundled MNI152 T1 template (1 mm) written as a DICOM MR series. There is
 no freely redistributable CT bundled in any dependency, so ct-body has no sample.
 
 The sample is written byte for byte the same on every run: its UIDs derive from the template's

@@ -302,7 +302,8 @@ def job_results_zip(job_id: JOB_ID, request: Request) -> FileResponse:
 
 
 _MEDIA = {"seg": "application/dicom", "rtstruct": "application/dicom", "nifti": "application/gzip",
-          "sr": "application/dicom", "seg_nrrd": "application/octet-stream", "report": "application/json"}
+          "sr": "application/dicom", "seg_nrrd": "application/octet-stream", "report": "application/json",
+          "preview": "image/png"}
 _OCTETS = "application/octet-stream"  # SR, values, embeddings: downloaded as files
 
 

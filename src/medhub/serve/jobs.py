@@ -47,7 +47,8 @@ RESULT_KINDS = (
     (".seg.dcm", "seg"), (".rtstruct.dcm", "rtstruct"), (".sr.dcm", "sr"), (".seg.nrrd", "seg_nrrd"),
     (".nii.gz", "nifti"), (".nii", "nifti"),
     (".values.json", "values"), (".values.csv", "values"), (".embedding.npy", "embedding"),
-    (".embedding.json", "embedding"),
+    (".embedding.json", "embedding"), (".statistics.json", "statistics"), (".statistics.csv", "statistics"),
+    (".preview.png", "preview"),
 )
 
 

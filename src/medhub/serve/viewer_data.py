@@ -9,13 +9,17 @@ server; they are gzip-compressed on disk once and sent with ``Content-Encoding: 
 Every volume is reoriented so that its axes point to the patient's Left, Posterior and Superior
 (the closest such axes, for oblique grids): then an axial slice drawn with x to the right and y
 downwards is the radiological view, whatever voxel order the input (DICOM or any NIfTI) had. The
-labels are read from the job's ``<series>/<model>.nii.gz`` and reoriented the same way; their grid
-must then match the input's exactly, or the overlay would lie, so a mismatch is an error.
+labels are read from the series' ``<model>.nii.gz`` and reoriented the same way (their grid must
+then match the input's exactly, or the overlay would lie, so a mismatch is an error), or, for a
+CLI run that wrote only a DICOM SEG, from the SEG read back onto the input images
+(:mod:`medhub.inputs.segread`). Segment colours are the display colours of
+:mod:`medhub.segdb.colors`; ``start`` is where the viewer opens (the middle of the segmented region).
 
 Large volumes are subsampled in-plane (at most 512 voxels across, and at most
 ``MAX_VOXELS`` in all) to keep transfers modest; segment volumes are computed before that, at
 full resolution. The result is cached in the job folder (``viewer/<series>/``): it goes with the
 job when the job is deleted, survives a server restart, and is rebuilt when the labels change.
+``medhub view`` keeps its cache in a temporary folder (:class:`RunFolders`).
 """
 
 from __future__ import annotations
@@ -41,13 +45,16 @@ from medhub.hub.catalog import get_model
 from medhub.inputs.load import load_series
 from medhub.inputs.nifti import load_nifti
 from medhub.inputs.scan import scan
+from medhub.inputs.segread import read_seg_labels
 from medhub.pipeline.report import REPORT_NAME
 from medhub.segdb import get_segment
+from medhub.segdb.colors import display_colors
 
 MAX_IN_PLANE = 512
 MAX_VOXELS = 48_000_000  # ~96 MB of int16 before compression
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SEG_SUFFIXES = (".seg.dcm",)
 CT_PRESETS = {"soft tissue": (-160.0, 240.0), "lung": (-1350.0, 150.0), "bone": (-450.0, 1050.0),
               "brain": (0.0, 80.0)}
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
@@ -89,26 +96,48 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
-def viewer_files(job_dir: Path, series: str, model: str | None = None) -> ViewerFiles:
-    """Build (or reuse) the viewer arrays of one series of a finished job and return where they are.
+@dataclass
+class RunFolders:
+    """Where one run's files are: its input (a folder or a NIfTI file), its output folder, a cache folder.
 
-    ``job_dir`` holds ``input/`` (the uploaded files) and ``output/`` (the medhub output tree);
-    ``series`` is the series' folder name in ``output/``; ``model`` defaults to the report's.
+    A job of ``medhub serve`` keeps them as ``<job>/input``, ``<job>/output`` and
+    ``<job>/viewer``; ``medhub view OUT`` points at the folder the CLI wrote, the input named in
+    its report, and a cache of its own (the output folder is never written to).
+    """
+
+    input: Path
+    output: Path
+    cache: Path
+
+    @classmethod
+    def of_job(cls, job_dir: Path) -> RunFolders:
+        job_dir = Path(job_dir)
+        return cls(input=job_dir / "input", output=job_dir / "output", cache=job_dir / "viewer")
+
+
+def viewer_files(job_dir: Path | RunFolders, series: str, model: str | None = None) -> ViewerFiles:
+    """Build (or reuse) the viewer arrays of one series of a finished run and return where they are.
+
+    ``job_dir`` is a job folder of ``medhub serve`` (``input/``, ``output/``) or any
+    :class:`RunFolders`; ``series`` is the series' key as a path component (its folder name in
+    the default layout); ``model`` defaults to the report's. The labels come from the series'
+    NIfTI label map, or else from its DICOM SEG read back onto the input images.
     Safe to call from several threads at once (the browser asks for meta and both arrays together).
     """
     check_name(series, "series")
-    job_dir = Path(job_dir)
-    if not job_dir.is_dir():
-        raise ViewerNotFound(f"no such job: {job_dir.name}")
-    labels_path = find_labels(job_dir / "output", series, model)
-    files = ViewerFiles(job_dir / "viewer" / series)
+    run = job_dir if isinstance(job_dir, RunFolders) else RunFolders.of_job(job_dir)
+    if not run.output.is_dir():
+        raise ViewerNotFound(f"no such job: {Path(job_dir).name if not isinstance(job_dir, RunFolders) else 'run'}")
+    model = _model_name(run.output, model)
+    labels_path = find_labels(run.output, series, model)
+    files = ViewerFiles(run.cache / series)
     with _lock(files.folder):
         stamp = _stamp(labels_path)
         if _fresh(files, stamp):
             return files
-        volume = find_input_volume(job_dir / "input", series)
-        labels = read_labels(labels_path, volume)
-        _build(files, volume, labels, stamp, _model_name(job_dir / "output", model), series)
+        volume = find_input_volume(run.input, series, run.output)
+        labels = read_labels(labels_path, volume, model)
+        _build(files, volume, labels, stamp, model, series)
     return files
 
 
@@ -123,24 +152,44 @@ def _model_name(output: Path, model: str | None) -> str | None:
     return None
 
 
+def _report_entry(output: Path, series: str) -> dict[str, Any] | None:
+    """The run report's entry of the series whose key (as a path component) is ``series``."""
+    try:
+        report = json.loads((output / REPORT_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for entry in report.get("series", []) if isinstance(report, dict) else []:
+        if isinstance(entry, dict) and series in (entry.get("key"), safe_component(entry.get("key", ""))):
+            return entry
+    return None
+
+
 def find_labels(output: Path, series: str, model: str | None = None) -> Path:
-    """``output/<series>/<model>.nii.gz`` (or ``.nii``); without a model, the folder's only NIfTI."""
-    folder = output / series
-    if not folder.is_dir():
-        raise ViewerNotFound(f"job has no results for series {series!r}")
-    model = _model_name(output, model)
-    if model:
-        for suffix in NIFTI_SUFFIXES:
-            candidate = folder / f"{safe_component(model)}{suffix}"
-            if candidate.is_file():
-                return candidate
-    found = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES)
-                   and not p.name.startswith("."))
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise ViewerNotFound(f"series {series!r} has no NIfTI label map in the job's output")
-    raise MedhubError(f"series {series!r} has {len(found)} NIfTI label maps; name the model")
+    """The series' label map: ``<model>.nii.gz`` (or ``.nii``), else its ``<model>.seg.dcm``.
+
+    Found through the report's outputs of the series (any output template), else in
+    ``output/<series>/`` (the default layout); without a model, the only one there.
+    """
+    entry = _report_entry(output, series)
+    if entry is not None:
+        candidates = [output / item for item in entry.get("outputs") or [] if isinstance(item, str)]
+    else:
+        folder = output / series
+        if not folder.is_dir():
+            raise ViewerNotFound(f"no results for series {series!r}")
+        candidates = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    candidates = [p for p in candidates if p.is_file() and output.resolve() in p.resolve().parents]
+    for suffixes in (NIFTI_SUFFIXES, SEG_SUFFIXES):
+        found = [p for p in candidates if p.name.endswith(suffixes)]
+        if model:
+            named = [p for p in found for suffix in suffixes if p.name == f"{safe_component(model)}{suffix}"]
+            if named:
+                return named[0]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise MedhubError(f"series {series!r} has {len(found)} label maps; name the model")
+    raise ViewerNotFound(f"series {series!r} has no label map (NIfTI or DICOM SEG) in the results")
 
 
 def _nifti_key(path: Path) -> str:
@@ -149,18 +198,29 @@ def _nifti_key(path: Path) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
 
 
-def find_input_volume(input_dir: Path, series: str) -> Volume:
-    """Load the job input that produced ``series``: a NIfTI file, or the DICOM series with that key."""
-    if not input_dir.is_dir():
-        raise ViewerNotFound("the job's input files are gone")
-    niftis = [p for p in sorted(input_dir.rglob("*")) if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES)]
+def find_input_volume(input_path: Path, series: str, output: Path | None = None) -> Volume:
+    """Load the input that produced ``series``: a NIfTI file, or the DICOM series with that key.
+
+    ``input_path`` is a folder (a job's ``input/``, the folder a CLI run read) or one NIfTI file;
+    ``output`` is the run's output folder (its report identifies series without UIDs).
+    """
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise ViewerNotFound("the input images of this run are gone")
+    if input_path.is_file():
+        niftis = [input_path] if input_path.name.lower().endswith(NIFTI_SUFFIXES) else []
+    else:
+        niftis = [p for p in sorted(input_path.rglob("*"))
+                  if p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES)]
     for path in niftis:
         if series in (_nifti_key(path), safe_component(_nifti_key(path))):
             return load_nifti(path)
-    found = scan(input_dir).series
+    if input_path.is_file():
+        raise ViewerNotFound(f"series {series!r} is not in the run's input")
+    found = scan(input_path).series
     # Keys of series without UIDs depend on the folder's absolute path (a moved data dir changes
     # them): then the report's list of SOP Instance UIDs of that series identifies it.
-    wanted = _report_instances(input_dir.parent / "output", series)
+    wanted = _report_instances(output if output is not None else input_path.parent / "output", series)
     for candidate in found:
         if series in (candidate.key, safe_component(candidate.key)) or (
             wanted and {i.sop_instance_uid for i in candidate.instances} == wanted
@@ -168,26 +228,26 @@ def find_input_volume(input_dir: Path, series: str) -> Volume:
             volume = load_series(candidate)
             volume.modality = volume.modality or candidate.modality
             return volume
-    raise ViewerNotFound(f"series {series!r} is not in the job's input")
+    raise ViewerNotFound(f"series {series!r} is not in the run's input")
 
 
 def _report_instances(output: Path, series: str) -> set[str]:
     """SOP Instance UIDs the run report lists for this series (empty when unknown)."""
-    try:
-        report = json.loads((output / REPORT_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return set()
-    for entry in report.get("series", []) if isinstance(report, dict) else []:
-        if isinstance(entry, dict) and series in (entry.get("key"), safe_component(entry.get("key", ""))):
-            return {str(uid) for uid in entry.get("sop_instance_uids") or [] if uid}
-    return set()
+    entry = _report_entry(output, series)
+    return {str(uid) for uid in (entry or {}).get("sop_instance_uids") or [] if uid}
 
 
 # ----------------------------------------------------------------------------------- arrays
 
 
-def read_labels(path: Path, volume: Volume) -> np.ndarray:
-    """The label NIfTI as uint8 on the input volume's grid (same voxel order as ``volume.array``)."""
+def read_labels(path: Path, volume: Volume, model: str | None = None) -> np.ndarray:
+    """The label map (NIfTI, or a DICOM SEG) as uint8 on the input volume's grid (``volume.array``'s voxel order)."""
+    if path.name.endswith(SEG_SUFFIXES):
+        label_of: dict[str, int] = {}
+        if model:
+            with contextlib.suppress(MedhubError):
+                label_of = {seg_id: value for value, seg_id in get_model(model).card.outputs.segments.items()}
+        return read_seg_labels(path, volume, label_of).labels
     try:
         image = nib.load(path)
         labels = np.asarray(image.dataobj)
@@ -284,6 +344,11 @@ def viewer_arrays(volume: Volume, labels: np.ndarray, model: str | None = None
         affine = affine @ np.diag([factor, factor, 1, 1])
     stored, slope, intercept = _int16(image)
     windows = _windows(volume, stored, slope, intercept)
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    shown = display_colors(labels, {row["label"]: tuple(row["color"]) for row in segments})
+    for row in segments:  # the database colour unless it clashes with a neighbour or the grey image
+        row["database_color"], row["color"] = row["color"], list(shown[row["label"]])
+    minimum = float(stored.min()) * slope + intercept if stored.size else 0.0
     meta = {
         "shape": list(stored.shape),
         "spacing": [round(float(s), 6) for s in np.linalg.norm(affine[:3, :3], axis=0)],
@@ -299,10 +364,45 @@ def viewer_arrays(volume: Volume, labels: np.ndarray, model: str | None = None
         "affine_lps": np.round(affine, 6).tolist(),
         "modality": volume.modality or "",
         "model": model,
+        "unit": "HU" if _looks_like_ct(volume, minimum) else "",
+        "start": start_position(labels),
         "segments": segments,
         "volumes_ml": {row["id"]: row["volume_ml"] for row in segments},
+        "model_values": model_values(model),
     }
-    return meta, stored, np.asarray(labels, dtype=np.uint8)
+    return meta, stored, labels
+
+
+def start_position(labels: np.ndarray) -> list[int]:
+    """Where the viewer opens: the middle of the segmented region (the centre of its bounding box).
+
+    Not the slice with the most labelled voxels, which for a brain mask is a slice near the
+    skull base's widest part rather than the middle of the brain. Where the centre falls between
+    structures (two lungs), each axis moves to the nearest slice that holds labels, so the
+    first view never shows an empty overlay. The volume's centre when nothing is labelled.
+    """
+    position = []
+    for axis in range(3):
+        others = tuple(a for a in range(3) if a != axis)
+        occupied = np.flatnonzero(labels.any(axis=others)) if labels.size else np.array([], dtype=int)
+        if occupied.size == 0:
+            position.append(labels.shape[axis] // 2)
+            continue
+        centre = (int(occupied[0]) + int(occupied[-1])) // 2
+        position.append(int(occupied[np.argmin(np.abs(occupied - centre))]))
+    return position
+
+
+def model_values(model: str | None) -> list[dict[str, str]]:
+    """The values the model's card declares (name, unit, description), so the page can say what each one is."""
+    if not model:
+        return []
+    try:
+        declared = get_model(model).card.outputs.values
+    except MedhubError:
+        return []
+    return [{"name": value.name, "unit": value.unit or "", "description": value.description or ""}
+            for value in declared]
 
 
 # ----------------------------------------------------------------------------------- cache

@@ -99,7 +99,20 @@ def commands(detail: dict[str, Any], base_url: str) -> dict[str, str]:
 
 
 def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("local_view", getattr(request.app.state, "results", None) is not None)
     return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def _known_job(request: Request, job_id: str) -> bool:
+    """Whether a job of this id exists: in ``medhub view``'s output folder, or in the server's job store."""
+    results = getattr(request.app.state, "results", None)
+    if results is not None:
+        return bool(results.has_job(job_id))
+    store = getattr(request.app.state, "store", None)
+    if store is not None and store.get(job_id) is not None:
+        return True
+    settings = getattr(request.app.state, "settings", None)  # files of a job (e.g. laid out by hand) without a record
+    return settings is not None and (Path(settings.data_dir) / "jobs" / job_id / "output").is_dir()
 
 
 # ----------------------------------------------------------------------------------- pages
@@ -153,11 +166,17 @@ def try_page(request: Request, model: str = "") -> HTMLResponse:
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
 def job_page(request: Request, job_id: str) -> HTMLResponse:
-    """The result page shell; its JS reads the job, follows progress, then shows the viewer."""
+    """The result page shell; its JS reads the job, follows progress, then shows the viewer.
+
+    A mistyped or deleted job id gets a page saying so (404), not the API's validation error.
+    """
     try:
         viewer_data.check_name(job_id, "job")
+        if not _known_job(request, job_id):
+            raise viewer_data.ViewerNotFound(f"no such job: {job_id!r}")
     except MedhubError as error:
-        return _page(request, "error.html", status_code=404, title="Job not found", message=str(error))
+        return _page(request, "error.html", status_code=404, title="Job not found",
+                     message=f"{error}. Check the address, or start a new job from \"Try a model\".")
     return _page(request, "job.html", job_id=job_id)
 
 
@@ -165,10 +184,12 @@ def job_page(request: Request, job_id: str) -> HTMLResponse:
 
 
 def _viewer(request: Request, job_id: str, series: str) -> viewer_data.ViewerFiles:
-    settings = _settings(request)
+    results = getattr(request.app.state, "results", None)  # medhub view: one output folder
     try:
         viewer_data.check_name(job_id, "job")
-        return viewer_data.viewer_files(Path(settings.data_dir) / "jobs" / job_id, series)
+        if results is not None:
+            return viewer_data.viewer_files(results.folders(job_id), series)
+        return viewer_data.viewer_files(Path(_settings(request).data_dir) / "jobs" / job_id, series)
     except viewer_data.ViewerNotFound as error:
         raise HTTPException(status_code=404, detail=str(error)) from None
     except MedhubError as error:

@@ -25,11 +25,29 @@
   function resultUrl(path) {
     return medhub.withToken(jobPath + "/results/" + path.split("/").map(encodeURIComponent).join("/"));
   }
-  const KIND = {seg: "DICOM SEG", rtstruct: "RTSTRUCT", nifti: "NIfTI label map", report: "report (JSON)"};
+  const KIND = {seg: "DICOM SEG", rtstruct: "RTSTRUCT", nifti: "NIfTI label map", report: "report (JSON)",
+                statistics: "statistics", preview: "preview (PNG)", values: "values", sr: "DICOM SR",
+                embedding: "embedding"};
+  const LABEL_MAP = /(\.seg\.dcm|\.nii|\.nii\.gz)$/;
+
+  /** The series key as one path component, as medhub.files.safe_component makes it (the viewer's URLs use it). */
+  function safeKey(key) {
+    const text = String(key).replace(/[^A-Za-z0-9._-]+/g, "_").replace(/^[._]+|[._]+$/g, "");
+    return (text || "unknown").slice(0, 120);
+  }
 
   function reportEntry(series) {
     const entries = (job.report && job.report.series) || [];
-    return entries.find(e => e.key === series || (e.outputs || []).some(o => o.startsWith(series + "/")));
+    return entries.find(e => e.key === series || safeKey(e.key) === series ||
+                             (e.outputs || []).some(o => o.startsWith(series + "/")));
+  }
+
+  /** Series that have a label map to show: succeeded entries of the report with a SEG or NIfTI output. */
+  function viewableSeries() {
+    const entries = ((job.report && job.report.series) || []).filter(
+      e => e.status === "succeeded" && (e.outputs || []).some(o => LABEL_MAP.test(o)));
+    if (entries.length) return entries.map(e => safeKey(e.key));
+    return [...new Set((job.results || []).filter(r => r.kind === "nifti" || r.kind === "seg").map(r => r.series))];
   }
 
   function renderDownloads() {
@@ -79,7 +97,7 @@
   }
 
   function renderResults() {
-    const series = [...new Set((job.results || []).filter(r => r.kind === "nifti").map(r => r.series))];
+    const series = viewableSeries();
     renderDownloads();
     $("results").hidden = false;
     const select = $("series-select");
