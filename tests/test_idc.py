@@ -207,8 +207,10 @@ def test_run_ct_body_on_an_idc_series_downloads_verifies_segments_and_then_works
     cache = tmp_path / "cache"
     env = {CACHE_ENV: str(cache), ENDPOINT_ENV: endpoint.url}
     proc = medhub("run", "ct-body", "--input", f"idc://series/{NLST_SERIES}", "--output", str(tmp_path / "out"),
-                  env=env)
+                  "--json-progress", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    fetched = [json.loads(line) for line in proc.stdout.splitlines() if '"event": "fetch"' in line]
+    assert fetched[0]["done"] == 0 and (fetched[-1]["done"], fetched[-1]["total"]) == (15, 15)  # the download bar
     cached = cache / NLST_SERIES
     assert sorted(p.name for p in cached.iterdir()) == sorted(Path(k).name for k in endpoint.keys)
     assert not list(cache.glob(".*.partial"))
