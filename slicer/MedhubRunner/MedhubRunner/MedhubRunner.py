@@ -35,7 +35,7 @@ class MedhubRunner(ScriptedLoadableModule):
             "(http://HOST:PORT, with its API token if it has one) or a local medhub executable, pick a model, "
             "press Run. A volume loaded from Slicer's DICOM database is sent as its DICOM files; any other "
             "volume as NIfTI. The result is loaded as a segmentation with medhub's segment names, colours and "
-            "SNOMED CT terminology; the DICOM SEG is kept in the output folder shown at the end."
+            "SNOMED CT terminology; the DICOM SEG of a DICOM input joins its study in the DICOM database."
         )
         self.parent.acknowledgementText = "medhub: one command from raw DICOM to standard results."
 
@@ -166,6 +166,11 @@ class MedhubRunnerLogic(ScriptedLoadableModuleLogic):
             node = slicer.util.loadSegmentation(str(path))
             node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
             node.CreateClosedSurfaceRepresentation()
+        if result.seg and volumeNode.GetAttribute("DICOM.instanceUIDs") and slicer.dicomDatabase:
+            from DICOMLib import DICOMUtils  # the DICOM SEG joins its CT's study in the DICOM database
+
+            for folder in sorted({os.path.dirname(str(path)) for path in result.seg}):
+                DICOMUtils.importDicom(folder, slicer.dicomDatabase)
         return names
 
 
