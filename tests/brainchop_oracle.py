@@ -16,6 +16,7 @@ the same machine does not pay for them again; a fresh machine (CI) always runs b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -43,18 +44,20 @@ def slow_oracle_skipped(model_id: str) -> str | None:
 
 
 ORACLE_PIPELINE = """
-    import sys, time, numpy as np
+    import os, sys, time, numpy as np
     from brainchop.api import load, segment
-    image, out_dir, *model_dirs = sys.argv[1:]
-    for model_dir in model_dirs:
+    image, *jobs = sys.argv[1:]
+    for job in jobs:
+        model_dir, out_dir = job.split("=", 1)
         name = model_dir.rstrip("/").rsplit("/", 1)[-1]
         started = time.perf_counter()
         result = segment(load(image), model_dir)
         # brainchop keeps [z, y, x]; medhub uses [x, y, z]. Written under a temporary name, then renamed:
-        # a reader never sees half a file.
-        np.save(f"{out_dir}/{name}.partial.npy", result.data.numpy().transpose(2, 1, 0))
+        # a reader never sees half a file, and the .npy appearing marks the run complete.
+        os.makedirs(out_dir, exist_ok=True)
         open(f"{out_dir}/{name}.seconds", "w").write(f"{time.perf_counter() - started:.1f}")
-        import os; os.replace(f"{out_dir}/{name}.partial.npy", f"{out_dir}/{name}.npy")
+        np.save(f"{out_dir}/.{name}.{os.getpid()}.partial.npy", result.data.numpy().transpose(2, 1, 0))
+        os.replace(f"{out_dir}/.{name}.{os.getpid()}.partial.npy", f"{out_dir}/{name}.npy")
         print(f"{name}: {time.perf_counter() - started:.1f} s", flush=True)
 """
 
@@ -78,9 +81,10 @@ def make_home(folder: Path) -> Path:
     return folder
 
 
-def oracle_command(image: Path, out_dir: Path, model_dirs: list[Path]) -> list[str]:
-    return [sys.executable, "-c", textwrap.dedent(ORACLE_PIPELINE), str(image), str(out_dir),
-            *(str(m) for m in model_dirs)]
+def oracle_command(image: Path, jobs: dict[Path, Path]) -> list[str]:
+    """brainchop's pipeline on ``image`` for each model folder, writing into its output folder."""
+    return [sys.executable, "-c", textwrap.dedent(ORACLE_PIPELINE), str(image),
+            *(f"{model_dir}={out_dir}" for model_dir, out_dir in jobs.items())]
 
 
 CACHE_VARIABLE = "MEDHUB_TEST_ORACLE_CACHE"
@@ -112,64 +116,88 @@ def oracle_key(image: Path, model_dir: Path) -> str:
 
 
 class BackgroundOracle:
-    """brainchop's full pipeline for several models, run once in a niced subprocess and cached.
+    """brainchop's full pipeline for several models, run once per test session in a subprocess.
 
-    A model whose result is in the cache under the same :func:`oracle_key` is not run again
-    (brainchop is deterministic on the CPU: the same inputs give the same labels); the others
-    run one after the other in a single background process.
+    The subprocess writes each model's result straight into the cache (:func:`oracle_key`), so a
+    model cached from an earlier session is not run again (brainchop is deterministic on the CPU),
+    and every test process of the session (pytest-xdist workers included) finds the result in
+    the same place. Exactly one process of a session starts the run: whoever first takes the
+    session's lock (:func:`start_once`); the controlling process stops it at the session's end.
     """
 
-    def __init__(self, image: Path, model_dirs: list[Path], work: Path) -> None:
-        self.out_dir = work / "outputs"
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.log = work / "oracle.log"
+    def __init__(self, image: Path, model_dirs: list[Path], session_dir: Path) -> None:
+        self.session_dir = session_dir
         self.cache = {m.name: cache_root() / oracle_key(image, m) for m in model_dirs}
-        missing = [m for m in model_dirs if not (self.cache[m.name] / f"{m.name}.npy").exists()]
-        self.process: subprocess.Popen[bytes] | None = None
+        missing = {m: self.cache[m.name] for m in model_dirs if not (self.cache[m.name] / f"{m.name}.npy").exists()}
         if missing:
-            home = make_home(work / "home")
-            with open(self.log, "w") as log:
-                self.process = subprocess.Popen(
-                    oracle_command(image, self.out_dir, missing), stdout=log, stderr=subprocess.STDOUT,
-                    env={**os.environ, "HOME": str(home)}, preexec_fn=lambda: os.nice(10),
-                )
+            home = make_home(session_dir / "home")
+            with open(session_dir / "oracle.log", "w") as log:
+                process = subprocess.Popen(
+                    oracle_command(image, missing), stdout=log, stderr=subprocess.STDOUT,
+                    env={**os.environ, "HOME": str(home)},
+                )  # not niced: it is the longest single job of the suite, so it must share the cores fairly
+            (session_dir / "oracle.pid").write_text(str(process.pid))
 
-    def result(self, model_dir_name: str, timeout: float) -> tuple[Path, str]:
+    @staticmethod
+    def start_once(image: Path, model_dirs: list[Path], session_dir: Path) -> None:
+        """Start the run unless another process of this session already has (a lock file decides)."""
+        import fcntl
+
+        session_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(session_dir / "oracle.lock", "w")  # noqa: SIM115 - held for the life of this process
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return
+        if not (session_dir / "oracle.started").exists():
+            (session_dir / "oracle.started").write_text("")
+            BackgroundOracle(image, model_dirs, session_dir)
+        _LOCKS.append(lock)
+
+    @staticmethod
+    def result(image: Path, model_dir: Path, session_dir: Path, timeout: float) -> tuple[Path, str]:
         """The oracle's label map for one model (``.npy``, medhub's [x, y, z]) and how long brainchop took."""
-        cached = self.cache[model_dir_name]
-        if (cached / f"{model_dir_name}.npy").exists():
-            seconds = (cached / f"{model_dir_name}.seconds").read_text()
-            return cached / f"{model_dir_name}.npy", f"{seconds} s (cached run, {cached})"
-        target = self.out_dir / f"{model_dir_name}.npy"
-        if not target.exists():
-            self._wait_for(target, timeout)
-        seconds = (self.out_dir / f"{model_dir_name}.seconds").read_text()
-        self._keep(model_dir_name, cached)
-        return target, f"{seconds} s"
-
-    def _keep(self, name: str, folder: Path) -> None:
-        """Copy a finished run into the cache; the .npy appears last and whole (rename), so it marks completion."""
-        from medhub.files import atomic_output
-
-        for suffix in (".seconds", ".npy"):
-            with atomic_output(folder / f"{name}{suffix}") as temporary:
-                shutil.copyfile(self.out_dir / f"{name}{suffix}", temporary)
-
-    def _wait_for(self, target: Path, timeout: float) -> None:
         import time
 
+        folder = cache_root() / oracle_key(image, model_dir)
+        target = folder / f"{model_dir.name}.npy"
+        cached = target.exists()
         deadline = time.monotonic() + timeout
-        assert self.process is not None
         while not target.exists():
-            code = self.process.poll()
-            if code is not None and not target.exists():
-                tail = self.log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"brainchop's oracle run ended (exit code {code}) without {target.name}:\n{tail}")
+            pid_file = session_dir / "oracle.pid"
+            if pid_file.exists() and not _alive(int(pid_file.read_text())) and not target.exists():
+                tail = (session_dir / "oracle.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"brainchop's oracle run ended without {target.name}:\n{tail}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"brainchop's oracle run gave no {target.name} within {timeout:.0f} s")
             time.sleep(2)
+        seconds = (folder / f"{model_dir.name}.seconds").read_text()
+        return target, f"{seconds} s" + (f" (cached run, {folder})" if cached else "")
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+    @staticmethod
+    def stop(session_dir: Path) -> None:
+        """Kill the session's run if it is still going (the controlling process calls this at the end)."""
+        import signal
+
+        pid_file = session_dir / "oracle.pid"
+        if pid_file.exists() and _alive(pid := int(pid_file.read_text())):
+            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+_LOCKS: list[object] = []
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a finished child not yet reaped counts as ended)."""
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    return finished == 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,7 +57,22 @@ def assert_valid_dicom():
 # --------------------------------------------------------------------------- brainchop's slow oracle runs
 
 BACKGROUND_ORACLE_MARK = "brainchop_full_oracle"
-_background: dict[str, object] = {}
+SESSION_VARIABLE = "MEDHUB_TEST_SESSION_DIR"
+T1_CROP = "mr/brainchop_t1_crop.nii.gz"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controlling process makes a folder for the session; pytest-xdist workers inherit it."""
+    if not hasattr(config, "workerinput") and SESSION_VARIABLE not in os.environ:
+        os.environ[SESSION_VARIABLE] = tempfile.mkdtemp(prefix="medhub-test-session-")
+        config.stash[_OWNS_SESSION] = True
+
+
+_OWNS_SESSION = pytest.StashKey[bool]()
+
+
+def session_dir() -> Path:
+    return Path(os.environ[SESSION_VARIABLE])
 
 
 @pytest.hookimpl(trylast=True)
@@ -63,46 +80,48 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Start brainchop's full runs for the selected comparisons now, and run those tests last.
 
     brainchop's own run of a large MeshNet takes many minutes on one core (tinygrad); started
-    at collection in a niced background process, it runs while the rest of the suite does.
+    at collection in a background process, it runs while the rest of the suite does.
+    Under pytest-xdist every worker collects: the first to take the session's lock starts the run.
     """
     waiting = [item for item in items if item.get_closest_marker(BACKGROUND_ORACLE_MARK)]
     if not waiting:
         return
     items[:] = [item for item in items if item not in waiting] + waiting
-    import tempfile
-
     from brainchop_oracle import MODEL_FOLDERS, BackgroundOracle, missing_tools, slow_oracle_skipped
 
     if not SHARED_DATA.exists() or missing_tools() is not None:
         return  # the tests skip with the reason (see the background_oracle fixture)
     models = sorted({item.callspec.params["model_id"] for item in waiting})  # the order the tests will ask
     models = [model for model in models if slow_oracle_skipped(model) is None]
-    if not models:
-        return
-    folders = [MODEL_FOLDERS[model] for model in models]
-    work = Path(tempfile.mkdtemp(prefix="medhub-brainchop-oracle-"))
-    _background["oracle"] = BackgroundOracle(SHARED_DATA / "mr" / "brainchop_t1_crop.nii.gz",
-                                             [SHARED_DATA / "weights" / "brainchop" / f for f in folders], work)
-    _background["work"] = work
+    if models:
+        BackgroundOracle.start_once(SHARED_DATA / T1_CROP,
+                                    [SHARED_DATA / "weights" / "brainchop" / MODEL_FOLDERS[m] for m in models],
+                                    session_dir())
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    oracle = _background.pop("oracle", None)
-    if oracle is not None:
-        oracle.stop()  # type: ignore[attr-defined]
-        shutil.rmtree(_background.pop("work"), ignore_errors=True)  # type: ignore[arg-type]
+    if session.config.stash.get(_OWNS_SESSION, False):  # the controlling process, after every worker
+        from brainchop_oracle import BackgroundOracle
+
+        BackgroundOracle.stop(session_dir())
+        shutil.rmtree(session_dir(), ignore_errors=True)
 
 
 @pytest.fixture
 def background_oracle(request: pytest.FixtureRequest):
-    """The BackgroundOracle started at collection, or a skip saying why brainchop cannot run here."""
-    from brainchop_oracle import missing_tools, slow_oracle_skipped
+    """A function ``(model_dir_name, timeout) -> (labels .npy, brainchop's time)`` waiting for the session's
+    brainchop run, or a skip saying why brainchop cannot run here."""
+    from brainchop_oracle import BackgroundOracle, missing_tools, slow_oracle_skipped
 
-    shared_path("mr/brainchop_t1_crop.nii.gz")
+    image = shared_path(T1_CROP)
     reason = missing_tools() or slow_oracle_skipped(request.node.callspec.params["model_id"])
     if reason is not None:
         pytest.skip(reason)
-    oracle = _background.get("oracle")
-    if oracle is None:
+    if not request.node.get_closest_marker(BACKGROUND_ORACLE_MARK):
         pytest.fail(f"no background oracle: mark the test with @pytest.mark.{BACKGROUND_ORACLE_MARK}")
-    return oracle
+
+    def result(model_dir_name: str, timeout: float) -> tuple[Path, str]:
+        model_dir = SHARED_DATA / "weights" / "brainchop" / model_dir_name
+        return BackgroundOracle.result(image, model_dir, session_dir(), timeout)
+
+    return result

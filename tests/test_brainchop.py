@@ -344,7 +344,7 @@ def test_from_dicom_equals_brainchops_full_run(model_id, t1_series, dicom_runs, 
     _, volume, image = t1_series
     card = get_model(model_id).card
     ours = seg_labels(seg_path, volume, card.outputs.segments)
-    oracle_file, oracle_time = background_oracle.result(MODELS[model_id], timeout=3 * 3600)
+    oracle_file, oracle_time = background_oracle(MODELS[model_id], timeout=3 * 3600)
     theirs = on_volume_grid(np.load(oracle_file), image.affine, volume)
     labels = sorted(card.outputs.segments)
     scores = dice_per_label(ours, theirs, labels)
