@@ -212,6 +212,25 @@ def test_small_ct_series_with_sparse_label_values(folder, labelmap, tmp_path, as
     assert hd.seg.segread(path).segment_numbers == [1, 2]
 
 
+def test_implicit_vr_philips_ct_with_private_tags(tmp_path, assert_valid_dicom):
+    """Real Philips slices in Implicit VR (as modalities send over DIMSE): private (01F1,1026) holds DS text
+    where pydicom's private dictionary says FD; the SEG leaves private elements out instead of failing."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    files = []
+    for path in sorted(shared_path("ct/philips_phantom_head_1mm").iterdir())[:3]:
+        dataset = pydicom.dcmread(path)
+        dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        dataset.save_as(tmp_path / path.name, enforce_file_format=True)
+        files.append(tmp_path / path.name)
+    grid = grid_from_files(files)
+    labels = empty_labels(grid)
+    labels[:, 200:300, 200:300] = 1
+    path = write_seg(labels, grid, {1: get_segment("BODY")}, ALGORITHM, tmp_path / "seg.dcm")
+    assert_valid_dicom(path)
+    assert not [element for element in pydicom.dcmread(path) if element.tag.is_private]
+
+
 # ------------------------------------------------------------------------- enhanced (multi-frame)
 @pytest.mark.parametrize("labelmap", [False, True], ids=["binary", "labelmap"])
 def test_enhanced_ct_frames_in_reverse_slice_order(labelmap, tmp_path, assert_valid_dicom):

@@ -18,7 +18,8 @@ from typer.core import TyperGroup
 
 from medhub.errors import MedhubError
 
-COMMAND_ORDER = ("run", "view", "doctor", "models", "info", "pull", "check", "new", "schema", "serve", "heads", "idc")
+COMMAND_ORDER = ("run", "view", "doctor", "models", "info", "pull", "check", "new", "schema", "serve", "listen",
+                 "heads", "idc")
 
 
 class _InOrder(TyperGroup):

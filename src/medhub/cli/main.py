@@ -7,7 +7,16 @@ import os
 import sys
 import threading
 
-from medhub.cli import doctor, heads, hub, idc, run, serve, view  # noqa: F401 - each registers its commands on the app
+from medhub.cli import (  # noqa: F401 - each registers its commands on the app
+    doctor,
+    heads,
+    hub,
+    idc,
+    listen,
+    run,
+    serve,
+    view,
+)
 from medhub.cli.app import app
 
 

@@ -78,10 +78,15 @@ def source_view(dataset: Dataset) -> Dataset:
 
     Absent or malformed Type 2 patient/study attributes are present and empty; a character set
     that is not a defined term becomes ISO_IR 192 with the text values decoded leniently first.
-    Unchanged elements are shared with ``dataset`` (no pixel data is copied).
+    Unchanged elements are shared with ``dataset`` (no pixel data is copied). Private elements
+    are left out: no writer copies them, and in an Implicit VR file (what most modalities send
+    over DIMSE) pydicom guesses their VR from its private dictionary, which fails on real Philips
+    headers ((01F1,1026) holds DS text where the dictionary says FD).
     """
     view = Dataset()
-    view.update(dataset)
+    for tag, element in dataset.items():  # raw elements stay raw until a writer reads them
+        if not tag.is_private:
+            view[tag] = element
     if hasattr(dataset, "file_meta"):
         view.file_meta = dataset.file_meta
     charset = dataset.get("SpecificCharacterSet")
