@@ -16,7 +16,9 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import shared_path
+from typer.testing import CliRunner
 
+from medhub.cli.main import app
 from medhub.errors import MedhubError
 from medhub.hub.card import InputSpec, card_problems
 from medhub.hub.catalog import get_model, list_entries
@@ -36,6 +38,12 @@ def medhub(*args: str) -> subprocess.CompletedProcess[str]:
     """The real command line in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "medhub", *args], capture_output=True, text=True,
                           timeout=600, check=False)
+
+
+def medhub_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real command line in this process (typer's runner): for refusals, which end before any work."""
+    result = CliRunner().invoke(app, list(args))
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 def only_series(relative: str):
@@ -175,3 +183,112 @@ def test_thickness_rule_refuses_end_to_end_with_one_line(tmp_path: Path):
     assert len(lines) == 1 and "slices too thick" in lines[0] and "model takes at most 3 mm" in lines[0], lines
     report = json.loads((out / "medhub-report.json").read_text())
     assert report["series"][0]["status"] == "skipped" and "slices too thick" in report["series"][0]["reason"]
+
+
+# ----------------------------------------------------------------------------------- parameters
+
+RUNNER_SOURCES = {  # where each built-in model reads its predict/load parameters
+    "brainchop-gwm": ["brainchop_common.py"], "brainchop-mindgrab": ["brainchop_common.py"],
+    "brainchop-subcortical": ["brainchop_common.py"], "ct-body": ["ct_body/runner.py"],
+    "ct-fm-astra": ["ct_fm_astra/runner.py"], "deepbet": ["deepbet/runner.py"], "hdbet": ["hdbet/runner.py"],
+    "lungmask": ["lungmask/runner.py"], "totalsegmentator": ["totalsegmentator/runner.py"],
+}
+
+
+def _keys_read(model_id: str) -> set[str]:
+    """The parameter names a runner reads (``params.get("x")``, ``params["x"]``; ct-body through DEFAULTS)."""
+    import re
+
+    import medhub.models as models
+
+    keys: set[str] = set()
+    for relative in RUNNER_SOURCES[model_id]:
+        text = (Path(models.__file__).parent / relative).read_text()
+        keys |= set(re.findall(r"params(?:\.get\(|\[)\"(\w+)\"", text))
+        if "DEFAULTS" in text:
+            from medhub.models.ct_body.runner import DEFAULTS
+
+            keys |= set(DEFAULTS)
+    return keys
+
+
+def test_every_built_in_card_declares_exactly_the_parameters_its_runner_reads():
+    from medhub.hub.workflow import workflow_problems
+
+    for model_id in RUNNER_SOURCES:
+        entry = get_model(model_id)
+        read = _keys_read(model_id)
+        assert read, f"no parameters found in the runner of {model_id}"
+        assert set(entry.card.parameters) == read, (model_id, sorted(read))
+        for spec in entry.card.parameters.values():
+            assert spec.description
+        for name, path in entry.workflows.items():
+            assert workflow_problems(entry.card, load_workflow_file(path)) == [], (model_id, name)
+    assert {e.id for e in list_entries() if e.origin.startswith("built-in")} == set(RUNNER_SOURCES)
+
+
+def test_ct_body_card_defaults_are_the_runners_defaults():
+    """The card's defaults are what predict gets (the pipeline merges them); they must be the runner's own."""
+    from medhub.hub.workflow import predict_parameters
+    from medhub.models.ct_body.runner import DEFAULTS
+
+    card = get_model("ct-body").card
+    assert card.parameter_defaults() == DEFAULTS
+    assert predict_parameters(card, _bare_workflow()) == DEFAULTS
+    assert predict_parameters(card, Workflow.model_validate({"execute": ["predict"], "modules": {
+        "predict": {"bone_hu": 300}}}))["bone_hu"] == 300
+
+
+@pytest.mark.parametrize(("assignment", "message"), [
+    ("predict.treshold=0.3", "predict.treshold: model deepbet has no parameter 'treshold'; did you mean 'threshold'? "
+                             "(parameters: n_dilate, threads, threshold)"),
+    ("predict.threshold=2", "predict.threshold=2: threshold of model deepbet must be a number from 0 to 1 (exclusive)"),
+    ("predict.threshold=high", "predict.threshold=high: threshold of model deepbet must be a number from 0 to 1"),
+    ("predict.n_dilate=1.5", "predict.n_dilate=1.5: n_dilate of model deepbet must be an integer from -20 to 20"),
+    ("predict.threads=0", "predict.threads=0: threads of model deepbet must be an integer ≥ 1"),
+    ("select.min_slice=3", "select.min_slice: no selection rule 'min_slice'; did you mean 'min_slices'?"),
+    ("select.max_slices=-4", "select.max_slices=-4: the rule max_slices should be greater than or equal to 1"),
+    ("predcit.threshold=0.3", "predcit: not a step medhub runs; did you mean 'predict'?"),
+    ("write_seg.label_map=true", "write_seg.label_map: step write_seg has no parameter 'label_map'; "
+                                 "did you mean 'labelmap'?"),
+])
+def test_set_is_checked_against_the_card_before_any_work(tmp_path: Path, assignment: str, message: str):
+    out = tmp_path / "out"
+    result = medhub_here("run", "deepbet", "--input", str(shared_path(ABDOMEN)), "--output", str(out),
+                         "--set", assignment)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(f"medhub: {message}") and len(result.stderr.strip().splitlines()) == 1, \
+        result.stderr
+    assert not out.exists()  # nothing was done
+
+
+def test_config_predict_keys_are_checked_too(tmp_path: Path):
+    config = tmp_path / "wf.yml"
+    config.write_text("execute: [select, load, predict, write_seg]\nmodules:\n  predict: {mode: quick, tta: 1}\n")
+    result = medhub_here("run", "hdbet", "--input", str(shared_path(ABDOMEN)), "--output", str(tmp_path / "out"),
+                         "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("medhub: predict.mode=quick: mode of model hdbet must be one of fast, accurate "
+                                     "(and 1 more)")
+    config.write_text("execute: [predict]\nmodules:\n  predict: {folds: [0, 7]}\n")
+    result = medhub_here("run", "hdbet", "--input", str(shared_path(ABDOMEN)), "--output", str(tmp_path / "out"),
+                         "--config", str(config))
+    assert result.stderr.strip() == ("medhub: predict.folds=[0, 7]: folds of model hdbet must be a non-empty list "
+                                     "of integers, each one of 0, 1, 2, 3, 4")
+
+
+def test_a_card_parameter_must_be_consistent():
+    base = {"type": "float", "description": "x"}
+    cases = {
+        "default outside its range": ({**base, "default": 5, "maximum": 1}, "default 5 is not allowed: a number ≤ 1"),
+        "bounds on a text": ({"type": "string", "description": "x", "minimum": 0},
+                             "a string parameter takes 'choices'"),
+        "a choice of the wrong type": ({"type": "int", "description": "x", "choices": [1, "two"]},
+                                       "choice 'two' is not an integer"),
+        "no description": ({"type": "bool"}, "add the required field 'description'"),
+    }
+    for name, (spec, expected) in cases.items():
+        problems = card_problems({"parameters": {"p": spec}}, "card.yaml")
+        assert any(p.startswith("card.yaml: parameters.p") and expected in p for p in problems), (name, problems)
+    problems = card_problems({"parameters": {"Bad-Name": base}}, "card.yaml")
+    assert any("parameter names are lower-case words joined by underscores" in p for p in problems), problems

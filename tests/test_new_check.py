@@ -62,7 +62,8 @@ def test_new_then_check_passes_in_an_empty_folder(tmp_path):
 def test_the_scaffolds_own_tests_pass(project):
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(project / "tests")],
                           capture_output=True, text=True, cwd=project, check=False, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(project / "src")})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(project / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])})
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "2 passed" in proc.stdout
 
@@ -135,8 +136,13 @@ def test_unknown_segment_workflow_mismatch_and_missing_weights_are_reported(proj
     card.write_text(card.read_text().replace("1: BONE ", "1: BONES ").replace(
         "weights: []", f"weights:\n  - name: net.pt\n    url: file://{tmp_path}/net.pt\n    sha256: {'a' * 64}\n"))
     workflow = project / "src" / "mymodel" / "workflows" / "default.yml"
-    workflow.write_text(workflow.read_text().replace('input: "dicom:mod=ct"', 'input: "dicom:mod=mr"'))
+    workflow.write_text(workflow.read_text().replace("modules:\n", 'modules:\n  select: {input: "dicom:mod=mr"}\n'))
+    rtstruct = workflow.with_name("rtstruct.yml")  # a second workflow with a typo in a predict key
+    rtstruct.write_text(workflow.read_text().replace("select: {input: \"dicom:mod=mr\"}", "select: {}")
+                        .replace("threshold:", "treshold:"))
     fails = failures(project)
+    assert any(f.startswith("FAIL workflows:") and "rtstruct.yml: modules.predict.treshold: model mymodel has no "
+               "parameter 'treshold'; did you mean 'threshold'?" in f for f in fails), fails
     assert any(f.startswith("FAIL segments: label 1: 'BONES' is not in the segment database; did you mean BONE")
                for f in fails)
     assert any(f.startswith("FAIL workflows:") and "'dicom:mod=mr' is none of the card's input queries" in f

@@ -376,6 +376,18 @@ def test_input_is_validated_before_queueing(client: TestClient) -> None:
     assert unknown_option.status_code == 422 and "options.colour" in unknown_option.json()["detail"]
     bad_set = post(data={"model": "ct-body", "options": '{"set": ["oops"]}'}, files=[("files", ("a", b"x"))])
     assert bad_set.status_code == 422 and "module.param=value" in bad_set.json()["detail"]
+    typo = post(data={"model": "ct-body", "options": '{"set": ["predict.bone_HU=300"]}'},
+                files=[("files", ("a", b"x"))])
+    assert typo.status_code == 422 and typo.json()["detail"].startswith(
+        "predict.bone_HU: model ct-body has no parameter 'bone_HU'; did you mean 'bone_hu'?")
+    out_of_range = post(data={"model": "ct-body", "options": '{"set": ["predict.bone_hu=9000"]}'},
+                        files=[("files", ("a", b"x"))])
+    assert out_of_range.status_code == 422 and out_of_range.json()["detail"] == (
+        "predict.bone_hu=9000: bone_hu of model ct-body must be a number from -1024 to 3071")
+    bad_rule = post(data={"model": "ct-body", "options": '{"set": ["select.max_slices=0"]}'},
+                    files=[("files", ("a", b"x"))])
+    assert bad_rule.status_code == 422
+    assert bad_rule.json()["detail"].startswith("select.max_slices=0: the rule max_slices")
     no_files = post(data={"model": "ct-body"})
     assert no_files.status_code == 422
     not_multipart = post(json={"model": "ct-body"})

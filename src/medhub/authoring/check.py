@@ -44,7 +44,7 @@ from medhub.hub.catalog import (
 )
 from medhub.hub.runtime import RUNNERS
 from medhub.hub.weights import WeightFile, ensure_weights
-from medhub.hub.workflow import load_workflow_file
+from medhub.hub.workflow import load_workflow_file, workflow_problems
 from medhub.pipeline.report import Status
 from medhub.pipeline.run import RunOptions, run
 from medhub.segdb import load_segment_database
@@ -233,6 +233,10 @@ def _check_workflows(entry: ModelEntry) -> list[CheckResult]:
         if selected is not None and selected not in queries:
             results.append(CheckResult("workflows", "fail", f"{path}: modules.select.input {selected!r} is none of "
                                                             f"the card's input queries; use one of {queries}"))
+            continue
+        problems = workflow_problems(entry.card, workflow)
+        if problems:
+            results += [CheckResult("workflows", "fail", f"{path}: modules.{problem}") for problem in problems]
             continue
         results.append(CheckResult("workflows", "ok", f"{name}: {' → '.join(workflow.execute)}"))
     return results

@@ -178,6 +178,14 @@ devices: [cpu]
 memory:
   ram_gb: 0.5
   note: "a 512x512x300 CT"
+parameters:                         # every key of the workflow's predict module: `--set predict.X=V` is checked here
+  threshold:
+    type: float                     # float | int | bool | string | list[int] | list[float] | list[string]
+    default: 300
+    minimum: -1024
+    maximum: 3071
+    unit: HU
+    description: "voxels above this are bone"
 sample:
   description: "synthetic CT phantom (body with a bone cylinder) made by medhub.inputs.synth"
   generator: "{{PKG}}.sample:write_sample"
@@ -273,11 +281,8 @@ general:
   description: "Bone above a Hounsfield threshold, written as DICOM SEG."
 execute: [select, load, predict, write_seg]
 modules:
-  select:
-    input: "dicom:mod=ct"   # must be one of the card's input queries
-    min_slices: 5
   predict:
-    threshold: 300          # HU; passed to Runner.predict as params["threshold"]
+    threshold: 300          # HU; declared in the card's parameters, passed to Runner.predict as params["threshold"]
   write_seg:
     labelmap: false
 '''

@@ -58,7 +58,7 @@ def run(
     """Run MODEL on every suitable series under --input and write results to --output."""
     from medhub.hub.catalog import get_model
     from medhub.hub.devices import check_device
-    from medhub.hub.workflow import apply_overrides, load_workflow_file
+    from medhub.hub.workflow import apply_overrides, load_workflow_file, validate_workflow
     from medhub.pipeline.layout import DEFAULT_TEMPLATE
     from medhub.pipeline.progress import JsonLinesProgress, RichProgress
     from medhub.pipeline.report import Status
@@ -83,6 +83,7 @@ def run(
             chosen.execute.append(step)
     if labelmap:
         chosen.modules.setdefault("write_seg", {})["labelmap"] = True
+    validate_workflow(entry.card, chosen)  # a typo or a value the model does not take: exit 2 before any work
 
     if sample and input is not None:
         raise MedhubError("give either --input or --sample, not both")

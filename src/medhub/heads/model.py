@@ -52,6 +52,13 @@ DEFAULT_WORKFLOW: dict[str, Any] = {
 }
 
 
+def head_parameters(name: str) -> dict[str, Any]:
+    """The one predict parameter of a head's card: which head a runner made without its folder loads."""
+    return {"head": {"type": "string", "default": name, "choices": [name],
+                     "description": "the head this card describes (its workflow sets it for a runner made "
+                                    "without the head folder)"}}
+
+
 @dataclass
 class Head:
     """A loaded head: ``predict_proba`` maps embeddings (n x dim) to probabilities (n x classes)."""

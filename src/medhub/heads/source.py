@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from medhub.errors import MedhubError
+from medhub.heads.model import head_parameters
 from medhub.heads.registry import heads_root
 from medhub.heads.runner import Runner
+from medhub.hub.card import ParameterSpec
 from medhub.hub.catalog import ModelEntry, entry_from_folder
 
 RUNNER_MODULE = "medhub.heads"  # the package whose runner.py serves every head
@@ -30,7 +32,11 @@ def head_entry(folder: Path) -> HeadEntry:
     base = entry_from_folder(folder, RUNNER_MODULE, origin=f"head ({folder})")
     if base.card.id != folder.name:
         raise MedhubError(f"{folder / 'card.yaml'}: head id '{base.card.id}' does not match its folder '{folder.name}'")
-    return HeadEntry(card=base.card, path=base.path, module=base.module, workflows=base.workflows,
+    card = base.card
+    if "head" not in card.parameters:  # a head trained before cards declared their parameters
+        card = card.model_copy(update={"parameters": {
+            **card.parameters, **{k: ParameterSpec.model_validate(v) for k, v in head_parameters(card.id).items()}}})
+    return HeadEntry(card=card, path=base.path, module=base.module, workflows=base.workflows,
                      origin=base.origin)
 
 

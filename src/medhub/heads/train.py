@@ -37,7 +37,7 @@ from medhub.data.volume import Volume
 from medhub.errors import MedhubError
 from medhub.heads.labels import LabelledCase, resolve_cases
 from medhub.heads.metrics import classification_metrics
-from medhub.heads.model import Head, load_head, save_head
+from medhub.heads.model import Head, head_parameters, load_head, save_head
 from medhub.heads.registry import find_head, head_path
 from medhub.hub.card import ModelCard
 from medhub.hub.catalog import get_model
@@ -171,6 +171,7 @@ def head_card(name: str, encoder: ModelCard, classes: list[str], kind: str, labe
         "requirements": list(dict.fromkeys([*encoder.requirements, f"scikit-learn>={_major_minor(sklearn.__version__)}",
                                             "skops"])),
         "devices": encoder.devices,
+        "parameters": head_parameters(name),
     }
     if encoder.memory is not None:
         data["memory"] = encoder.memory.model_dump(exclude_none=True)

@@ -40,6 +40,7 @@ from medhub.hub.weights import WeightFile
 from medhub.inputs.query import DataTypeQuery
 
 _ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+_PARAMETER_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _GENERATOR_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 TrainingType = Literal["supervised", "self-supervised", "semi-supervised", "unsupervised", "algorithmic"]
@@ -170,6 +171,128 @@ class OutputSpec(_Strict):
         if self.classifications:
             kinds.append("classification")
         return kinds
+
+
+# ----------------------------------------------------------------------------------- parameters
+
+ParameterType = Literal["float", "int", "bool", "string", "list[int]", "list[float]", "list[string]"]
+_TYPE_WORDS = {"float": "a number", "int": "an integer", "bool": "true or false", "string": "a text"}
+_PLURAL_WORDS = {"float": "numbers", "int": "integers", "bool": "booleans", "string": "texts"}
+
+
+class ParameterSpec(_Strict):
+    """One tunable parameter of the model's ``predict`` step: its type, default and allowed values.
+
+    ``--set predict.NAME=VALUE``, a ``--config`` workflow and a server job are checked against
+    it before any work (:meth:`problem`). ``default: null`` means "not set: the runner decides"
+    (e.g. ``threads``: all CPUs the process may use). ``choices`` lists the allowed values;
+    ``minimum`` / ``maximum`` (inclusive) and ``exclusive_minimum`` / ``exclusive_maximum``
+    bound numbers. For a list type the bounds and choices apply to every element.
+    """
+
+    type: ParameterType
+    default: Any = Field(default=None, description="the value when a workflow does not set it (null: not set)")
+    description: str = Field(description="what the parameter changes, in words a user acts on")
+    unit: str = ""
+    choices: list[Any] | None = Field(default=None, min_length=1, description="the allowed values")
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: float | None = None
+    exclusive_maximum: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParameterSpec:
+        bounded = [self.minimum, self.maximum, self.exclusive_minimum, self.exclusive_maximum]
+        if any(b is not None for b in bounded) and self.element_type not in ("int", "float"):
+            raise ValueError(f"minimum/maximum bound numbers; a {self.type} parameter takes 'choices' instead")
+        for choice in self.choices or []:
+            if (why := self._element_problem(choice, check_choices=False)) is not None:
+                raise ValueError(f"choice {choice!r} is not {why}")
+        if self.default is not None and (why := self.problem(self.default)) is not None:
+            raise ValueError(f"default {self.default!r} is not allowed: {why}")
+        return self
+
+    @property
+    def element_type(self) -> str:
+        """``int`` for ``list[int]``; the type itself otherwise."""
+        return self.type.removeprefix("list[").removesuffix("]")
+
+    def allowed(self) -> str:
+        """What the parameter takes, in words: ``a number from 0 to 1 (exclusive)``, ``one of fast, accurate``."""
+        constraint = self._constraint()
+        if self.type.startswith("list["):
+            plural = _PLURAL_WORDS[self.element_type]
+            return f"a non-empty list of {plural}" + (f", each {constraint}" if constraint else "")
+        if self.choices is not None:
+            return constraint
+        return f"{_TYPE_WORDS[self.type]} {constraint}".strip()
+
+    def _constraint(self) -> str:
+        """``one of a, b``, ``from 0 to 1 (exclusive)``, ``≥ 1``, or empty when any value of the type goes."""
+        if self.choices is not None:
+            return "one of " + ", ".join(_show(c) for c in self.choices)
+        low = (_show(self.minimum), False) if self.minimum is not None else \
+            (_show(self.exclusive_minimum), True) if self.exclusive_minimum is not None else None
+        high = (_show(self.maximum), False) if self.maximum is not None else \
+            (_show(self.exclusive_maximum), True) if self.exclusive_maximum is not None else None
+        if low and high:
+            exclusive = " (exclusive)" if low[1] or high[1] else ""
+            return f"from {low[0]} to {high[0]}{exclusive}"
+        if low:
+            return f"{'>' if low[1] else '≥'} {low[0]}"
+        if high:
+            return f"{'<' if high[1] else '≤'} {high[0]}"
+        return ""
+
+    def problem(self, value: Any) -> str | None:
+        """None when ``value`` is allowed, else what is allowed (for a one-line error)."""
+        if value is None:
+            return None if self.default is None else f"not null: {self.allowed()}"
+        if self.type.startswith("list["):
+            items = value if isinstance(value, list) else None
+            if items is None or not items or any(self._element_problem(v) is not None for v in items):
+                return self.allowed()
+            return None
+        return None if self._element_problem(value) is None else self.allowed()
+
+    def _element_problem(self, value: Any, *, check_choices: bool = True) -> str | None:
+        kind = self.element_type
+        number_like = isinstance(value, int | float) and not isinstance(value, bool)
+        if kind == "bool" and not isinstance(value, bool):
+            return _TYPE_WORDS[kind]
+        if kind == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+            return _TYPE_WORDS[kind]
+        if kind == "float" and not number_like:
+            return _TYPE_WORDS[kind]
+        if kind == "string" and not (isinstance(value, str) or number_like):
+            return _TYPE_WORDS[kind]
+        if check_choices and self.choices is not None and not any(_same(value, c) for c in self.choices):
+            return self._constraint()
+        if kind in ("int", "float"):
+            number = float(value)
+            if (self.minimum is not None and number < self.minimum) or \
+                    (self.maximum is not None and number > self.maximum) or \
+                    (self.exclusive_minimum is not None and number <= self.exclusive_minimum) or \
+                    (self.exclusive_maximum is not None and number >= self.exclusive_maximum):
+                return self._constraint()
+        return None
+
+
+def _same(value: Any, choice: Any) -> bool:
+    """Equal as the user means it: ``1`` is the choice ``"1"`` (YAML read a number), ``1`` is not ``True``."""
+    if isinstance(value, bool) or isinstance(choice, bool):
+        return isinstance(value, bool) and isinstance(choice, bool) and value == choice
+    if isinstance(choice, str) and not isinstance(value, str):
+        return str(value) == choice
+    return bool(value == choice)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 # ----------------------------------------------------------------------------------- provenance
@@ -345,6 +468,10 @@ class ModelCard(_Strict):
     weights: list[WeightsSpec] = Field(default_factory=list)
     devices: list[Device] = Field(default_factory=lambda: ["cpu"])
     memory: MemoryEstimate | None = None
+    parameters: dict[str, ParameterSpec] = Field(
+        default_factory=dict,
+        description="every tunable parameter of the predict step (workflow key → type, default, allowed values)",
+    )
     sample: SampleSpec | None = None
 
     @field_validator("id")
@@ -373,6 +500,18 @@ class ModelCard(_Strict):
                 reason = str(exc).splitlines()[0]
                 raise ValueError(f"not a PEP 508 requirement like 'torch==2.13.0': {text!r} ({reason})") from None
         return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameter_names(cls, value: dict[str, ParameterSpec]) -> dict[str, ParameterSpec]:
+        bad = [name for name in value if not _PARAMETER_NAME.match(name)]
+        if bad:
+            raise ValueError(f"parameter names are lower-case words joined by underscores, e.g. 'n_dilate': {bad[0]!r}")
+        return value
+
+    def parameter_defaults(self) -> dict[str, Any]:
+        """The declared defaults of the predict parameters (those not null): what a workflow starts from."""
+        return {name: spec.default for name, spec in self.parameters.items() if spec.default is not None}
 
     @property
     def package_name(self) -> str:

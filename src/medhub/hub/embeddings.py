@@ -210,9 +210,9 @@ def embed(
     MedhubError when the model is not an embedding model or cannot be loaded.
     """
     entry = get_model(model_id)
-    merged: dict[str, Any] = {}
+    merged = entry.card.parameter_defaults()
     if "default" in entry.workflows:
-        merged = load_workflow_file(entry.workflows["default"]).params("predict")
+        merged.update(load_workflow_file(entry.workflows["default"]).params("predict"))
     merged.update(params or {})
     runner = loaded_runner(entry, device, merged)
     if not isinstance(runner, EmbeddingModel):

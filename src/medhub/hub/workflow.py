@@ -2,10 +2,17 @@
 
 A model ships one YAML file per workflow. The user picks one with ``--workflow``, replaces it
 with ``--config FILE`` and overrides single parameters with ``--set module.param=value``.
+
+Whatever the source, a workflow is checked against the model's card before any work
+(:func:`validate_workflow`, the one entry point the CLI, the server and ``medhub check`` call):
+``predict.*`` against the card's ``parameters:``, ``select.*`` against the selection rules, and
+the other steps' keys against :data:`STEP_PARAMETERS`. A typo or a value outside what a step
+takes is one line naming the key and what is allowed, never a silently ignored setting.
 """
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +20,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from medhub.errors import MedhubError
-from medhub.hub.card import InputSpec, ModelCard
+from medhub.hub.card import InputSpec, ModelCard, ParameterSpec
 from medhub.inputs.select import SelectionRules
 
 KNOWN_STEPS = ("select", "load", "predict", "write_seg", "write_rtstruct", "write_nifti", "write_sr",
@@ -101,3 +108,100 @@ def selection_params(card: ModelCard, workflow: Workflow) -> dict[str, Any]:
 def selection_rules(card: ModelCard, workflow: Workflow) -> SelectionRules:
     """:func:`selection_params` validated (an unknown rule or bad value is a one-line MedhubError)."""
     return SelectionRules.from_dict(selection_params(card, workflow))
+
+
+# ----------------------------------------------------------------------------------- checking a workflow
+
+STEP_PARAMETERS: dict[str, dict[str, ParameterSpec]] = {
+    "load": {},
+    "write_seg": {
+        "labelmap": ParameterSpec(type="bool", default=False,
+                                  description="one LABELMAP SEG (DICOM 2024) instead of one BINARY frame per segment"),
+    },
+    "write_rtstruct": {},
+    "write_nifti": {
+        "compress": ParameterSpec(type="bool", default=True, description="write .nii.gz (true) or .nii (false)"),
+    },
+    "write_sr": {},
+}
+"""The parameters of the steps other than ``select`` (checked against :class:`SelectionRules`) and
+``predict`` (declared by each model's card). A step registered here is a step a workflow may configure."""
+
+
+def _close(name: str, known: list[str]) -> str:
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"did you mean '{match[0]}'? " if match else ""
+
+
+def _listed(known: list[str], what: str) -> str:
+    return f"({what}: {', '.join(known)})" if known else f"(it has no {what})"
+
+
+def _show_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def parameter_problems(step: str, params: dict[str, Any], specs: dict[str, ParameterSpec], owner: str) -> list[str]:
+    """One line per key of ``params`` that ``specs`` does not declare or whose value it does not allow."""
+    problems = []
+    known = sorted(specs)
+    for key, value in params.items():
+        spec = specs.get(str(key))
+        if spec is None:
+            problems.append(f"{step}.{key}: {owner} has no parameter '{key}'; {_close(str(key), known)}"
+                            f"{_listed(known, 'parameters')}")
+        elif (allowed := spec.problem(value)) is not None:
+            problems.append(f"{step}.{key}={_show_value(value)}: {key} of {owner} must be {allowed}")
+    return problems
+
+
+def selection_problems(params: dict[str, Any]) -> list[str]:
+    """One line per ``select`` key that is no selection rule, or whose value the rule refuses."""
+    problems = []
+    known = sorted(SelectionRules.model_fields)
+    for key, value in params.items():
+        if key not in SelectionRules.model_fields:
+            problems.append(f"select.{key}: no selection rule '{key}'; {_close(str(key), known)}"
+                            f"{_listed(known, 'rules')}")
+            continue
+        try:
+            SelectionRules.model_validate({key: value})
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"].removeprefix("Value error, ").removeprefix("Input ")
+            problems.append(f"select.{key}={_show_value(value)}: the rule {key} {message}")
+        except MedhubError as exc:  # the query's own one-line reason
+            problems.append(f"select.{key}={_show_value(value)}: {exc}")
+    return problems
+
+
+def workflow_problems(card: ModelCard, workflow: Workflow) -> list[str]:
+    """Every key of the workflow's modules that the model or the step does not take, one line each."""
+    problems = []
+    steps = ["select", "predict", *STEP_PARAMETERS]
+    for step, params in workflow.modules.items():
+        params = dict(params or {})
+        if step == "select":
+            problems += selection_problems(params)
+        elif step == "predict":
+            problems += parameter_problems("predict", params, card.parameters, f"model {card.id}")
+        elif step in STEP_PARAMETERS:
+            problems += parameter_problems(step, params, STEP_PARAMETERS[step], f"step {step}")
+        else:
+            problems.append(f"{step}: not a step medhub runs; {_close(step, steps)}{_listed(steps, 'steps')}")
+    return problems
+
+
+def validate_workflow(card: ModelCard, workflow: Workflow) -> None:
+    """Refuse, with one line naming the key and what is allowed, a workflow the model cannot run as given.
+
+    Called before any work by ``medhub run``, the pipeline, the server (as a 422) and ``medhub check``.
+    """
+    problems = workflow_problems(card, workflow)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise MedhubError(problems[0] + more)
+
+
+def predict_parameters(card: ModelCard, workflow: Workflow) -> dict[str, Any]:
+    """The parameters ``predict`` receives: the card's declared defaults, then what the workflow sets."""
+    return {**card.parameter_defaults(), **workflow.params("predict")}

@@ -27,7 +27,7 @@ from medhub.errors import MedhubError, SeriesSkipped
 from medhub.files import atomic_output, check_output_location, remove_stale_partials
 from medhub.hub.devices import check_device
 from medhub.hub.runtime import RUNNERS
-from medhub.hub.workflow import Workflow, selection_params
+from medhub.hub.workflow import Workflow, predict_parameters, selection_params, validate_workflow
 from medhub.inputs.load import load_series
 from medhub.inputs.nifti import load_nifti
 from medhub.inputs.scan import scan
@@ -118,6 +118,7 @@ class Pipeline:
     def run(self) -> RunReport:
         """Run everything; raise MedhubError only when nothing at all can be done (exit code 2)."""
         self.options.device = self.report.device = check_device(self.options.device, self.model.card)  # before any work
+        validate_workflow(self.model.card, self.workflow)  # before any work: one line naming the key
         source = self.options.input_path
         if not source.exists():
             raise MedhubError(f"input not found: {source}")
@@ -280,7 +281,7 @@ class Pipeline:
 
     # -- shared steps --------------------------------------------------------------------------
     def _predict(self, entry: SeriesEntry, volume: Volume) -> Prediction:
-        params = self.workflow.params("predict")
+        params = predict_parameters(self.model.card, self.workflow)  # the card's defaults, then the workflow's
         with RUNNERS.lock(self.model.card.id, self.options.device):  # one series at a time on a runner
             with self._step(entry, "model_load"):
                 runner = RUNNERS.get(self.model, self.options.device, params)

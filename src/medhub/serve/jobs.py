@@ -31,7 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medhub.errors import MedhubError
 from medhub.hub.catalog import ModelEntry, get_model
 from medhub.hub.devices import check_card_device
-from medhub.hub.workflow import Workflow, apply_overrides, load_workflow_file, selection_rules
+from medhub.hub.workflow import (
+    Workflow,
+    apply_overrides,
+    load_workflow_file,
+    selection_rules,
+    validate_workflow,
+)
 from medhub.inputs.scan import scan
 from medhub.inputs.select import select
 from medhub.pipeline.report import REPORT_NAME, Status
@@ -93,6 +99,10 @@ def resolve_workflow(entry: ModelEntry, name: str, options: JobOptions) -> Workf
             workflow.execute.append(step)
     if options.labelmap:
         workflow.modules.setdefault("write_seg", {})["labelmap"] = True
+    try:
+        validate_workflow(entry.card, workflow)  # the same check as `medhub run`, before the upload is stored
+    except MedhubError as exc:
+        raise ApiError(422, str(exc)) from None
     return workflow
 
 
