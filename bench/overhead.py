@@ -155,6 +155,109 @@ def medhub_process(unsorted: Path, label_path: Path, out_path: Path, timings_pat
         timings_path.write_text(json.dumps(steps))
 
 
+def _source_grid_and_labels(ct_dir: Path, label_path: Path, t: dict):
+    """Headers of a series folder and the label map on its planes, read as the peers' scripts read them.
+
+    Headers with ``dcmread(stop_before_pixels=True)``, sorted along the slice normal; the label
+    NIfTI with nibabel, each source plane mapped to its NIfTI slice through the affine (checked),
+    as ``../shared/peer-bench/tools/seg_highdicom.py`` does: the SEG and RTSTRUCT cases then differ
+    only in the writer.
+    """
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+
+    from medhub.data.volume import SourceGrid, SourcePlane
+
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(ct_dir.iterdir())]
+    orientation = np.array(headers[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = {id(h): np.array(h.ImagePositionPatient, dtype=float) for h in headers}
+    headers.sort(key=lambda h: float(normal @ positions[id(h)]))
+    first = headers[0]
+    grid = SourceGrid([SourcePlane(h, None, positions[id(h)]) for h in headers], orientation,
+                      tuple(float(v) for v in first.PixelSpacing), int(first.Rows), int(first.Columns))
+    t["read headers"] = (time.perf_counter(), time.process_time())
+    img = nib.load(label_path)
+    label_data = np.asanyarray(img.dataobj)
+    t["read labels"] = (time.perf_counter(), time.process_time())
+    lps_to_voxel = np.linalg.inv(np.diag([-1, -1, 1, 1]) @ img.affine)
+    ks = []
+    for plane in grid.planes:
+        voxel = lps_to_voxel @ np.r_[plane.position, 1.0]
+        assert np.allclose(voxel[:2], 0, atol=1e-2), voxel  # same in-plane origin, no flips
+        ks.append(int(round(voxel[2])))
+    if ks == list(range(ks[0], ks[0] + len(ks))):  # a view: NIfTI data is [x, y, z] Fortran-ordered
+        planes = label_data[:, :, ks[0] : ks[0] + len(ks)].transpose(2, 1, 0)
+    else:
+        planes = np.ascontiguousarray(label_data[:, :, ks].transpose(2, 1, 0))
+    t["labels to source"] = (time.perf_counter(), time.process_time())
+    return grid, planes
+
+
+def _write_steps(t: dict, timings_path: Path | None, label: str) -> None:
+    names = list(t)
+    steps = {name: {"wall": t[name][0] - t[prev][0], "cpu": t[name][1] - t[prev][1]}
+             for prev, name in zip(names, names[1:], strict=False)}
+    print(f"{label} steps (wall s): " + ", ".join(f"{k} {v['wall']:.3f}" for k, v in steps.items()), flush=True)
+    if timings_path:
+        timings_path.write_text(json.dumps(steps))
+
+
+def writer_process(kind: str, ct_dir: Path, label_path: Path, out_path: Path, timings_path: Path | None) -> None:
+    """One writer on the benchmark's label map: medhub SEG, medhub RTSTRUCT, or highdicom's Segmentation().
+
+    The highdicom case builds the segment descriptions from medhub's segment database, as medhub's
+    writer did before its direct BINARY encoder, and times ``Segmentation()`` and ``save_as``
+    separately.
+    """
+    t = {"start": (time.perf_counter(), time.process_time())}
+    from medhub.segdb import get_segment
+
+    if kind == "seg":
+        from medhub.writers.provenance import AlgorithmInfo
+        from medhub.writers.seg import write_seg
+    elif kind == "rtstruct":
+        from medhub.writers.rtstruct import write_rtstruct
+    else:
+        import highdicom as hd
+        from pydicom.sr.codedict import codes
+    t["imports"] = (time.perf_counter(), time.process_time())
+    grid, planes = _source_grid_and_labels(ct_dir, label_path, t)
+    segments = {value: get_segment(seg_id) for value, seg_id in LABEL_SEGMENT_IDS.items()}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "seg":
+        write_seg(planes, grid, segments, AlgorithmInfo(name="overhead-bench", version="1.0"), out_path)
+        t["write"] = (time.perf_counter(), time.process_time())
+    elif kind == "rtstruct":
+        write_rtstruct(planes, grid, segments, model_name="overhead-bench", model_version="1.0", path=out_path)
+        t["write"] = (time.perf_counter(), time.process_time())
+    else:
+        def coded(code):
+            return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+        algorithm = hd.AlgorithmIdentificationSequence(name="overhead-bench", version="1.0",
+                                                       family=codes.cid7162.ArtificialIntelligence)
+        descriptions = [
+            hd.seg.SegmentDescription(
+                segment_number=value, segment_label=spec.name, segmented_property_category=coded(spec.category),
+                segmented_property_type=coded(spec.type), algorithm_type="AUTOMATIC",
+                algorithm_identification=algorithm, tracking_id=spec.id, tracking_uid=hd.UID(),
+                display_color=hd.color.CIELabColor.from_rgb(*spec.color))
+            for value, spec in segments.items()
+        ]
+        seg = hd.seg.Segmentation(
+            source_images=[p.dataset for p in grid.planes], pixel_array=planes, segmentation_type="BINARY",
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=901,
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="overhead-bench",
+            manufacturer_model_name="highdicom", software_versions=hd.__version__, device_serial_number="1",
+            content_label="SEGMENTATION", omit_empty_frames=True)
+        t["Segmentation()"] = (time.perf_counter(), time.process_time())
+        seg.save_as(out_path)
+        t["save_as"] = (time.perf_counter(), time.process_time())
+    _write_steps(t, timings_path, kind)
+
+
 # ----------------------------------------------------------------------------------------------
 # The harness.
 # ----------------------------------------------------------------------------------------------
@@ -210,7 +313,7 @@ def build_cases(work: Path, peer_bench: Path, plastimatch: str) -> dict[str, Cas
     ct300_uid = next(line.split("\t")[1] for line in uids if line.startswith("300\t"))
     py = sys.executable  # medhub's interpreter; the floors run in it too (same pydicom, numpy)
     cases = [
-        Case("medhub scan+select+load+SEG", [py, str(Path(__file__).resolve()), "_medhub",
+        Case(MEDHUB_MAIN, [py, str(Path(__file__).resolve()), "_medhub",
              str(data / "unsorted300"), str(data / "labels" / "label300.nii.gz"),
              str(out / "medhub" / "seg.dcm"), str(out / "medhub_steps.json")],
              out=out / "medhub", steps_file=out / "medhub_steps.json"),
@@ -231,7 +334,37 @@ def build_cases(work: Path, peer_bench: Path, plastimatch: str) -> dict[str, Cas
     cases.append(Case("pydicom header scan (unsorted300)",
                       [py, str(peer_bench / "tools" / "sort_pydicom.py"), str(data / "unsorted300"), "-",
                        "scan"]))
+    # Writers alone: source headers (ct300) + label NIfTI -> one object, each a whole process.
+    ct300, label = str(data / "series" / "ct300"), str(data / "labels" / "label300.nii.gz")
+    me = str(Path(__file__).resolve())
+    for kind, name in (("seg", SEG_MEDHUB), ("highdicom", SEG_HIGHDICOM), ("rtstruct", RT_MEDHUB)):
+        o = out / f"writer_{kind}"
+        suffix = "rtstruct.dcm" if kind == "rtstruct" else "seg.dcm"
+        steps = out / f"{kind}_steps.json"
+        cases.append(Case(name, [py, me, "_writer", kind, ct300, label, str(o / suffix), str(steps)],
+                          out=o, steps_file=steps))
+    o = out / "writer_dcmqi"
+    cases.append(Case(SEG_DCMQI, [str(work / "venv-modern" / "bin" / "itkimage2segimage"), "--segmentationType",
+                                  "binary", "--inputImageList", label, "--inputDICOMDirectory", ct300,
+                                  "--outputDICOM", str(o / "seg.dcm"), "--inputMetadata", str(data / "meta.json")],
+                      out=o, mk=True))
+    o = out / "writer_rtutils"
+    modern_python = str(work / "venv-modern" / "bin" / "python")
+    cases.append(Case(RT_RTUTILS, [modern_python, str(peer_bench / "tools" / "rt_rtutils.py"), ct300, label,
+                                   str(data / "meta.json"), str(o / "rtstruct.dcm")], out=o, mk=True))
+    # The command line: each answer a whole process, as a user waits for it.
+    for words in (["--help"], ["--version"], ["models"], ["info", "ct-body"]):
+        cases.append(Case(f"{CLI_PREFIX}{' '.join(words)}", [py, "-m", "medhub", *words]))
     return {c.name: c for c in cases}
+
+
+MEDHUB_MAIN = "medhub scan+select+load+SEG"
+SEG_MEDHUB = "medhub write_seg (ct300 headers + labels -> SEG)"
+SEG_HIGHDICOM = "highdicom Segmentation() (same reading)"
+SEG_DCMQI = "dcmqi itkimage2segimage (ct300 -> SEG)"
+RT_MEDHUB = "medhub write_rtstruct (ct300 headers + labels -> RTSTRUCT)"
+RT_RTUTILS = "rt-utils RTStructBuilder (ct300 -> RTSTRUCT)"
+CLI_PREFIX = "CLI: medhub "
 
 
 CHAIN_STEPS = ("dicomsort", "plastimatch .nii.gz", "dcmqi itkimage2segimage")
@@ -266,20 +399,20 @@ def warm(work: Path) -> None:
             f.read_bytes()
 
 
-def validate_seg(seg_path: Path, work: Path) -> list[str]:
-    """dciodvfy error count, and a voxel-for-voxel comparison of the SEG with the label map."""
+def dciodvfy_counts(path: Path) -> tuple[int, int, list[str]]:
+    """Errors, warnings and the first error lines of Debian's dciodvfy on one file."""
+    p = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
+    report = (p.stdout + p.stderr).splitlines()
+    errors = [x for x in report if x.startswith("Error")]
+    return len(errors), sum(1 for x in report if x.startswith("Warning")), errors[:3]
+
+
+def seg_voxel_differences(seg_path: Path, work: Path) -> tuple[int, int, int, int]:
+    """Decode a SEG with highdicom onto the ct300 instances; (frames, segments, differing voxels, voxels)."""
     import highdicom as hd
     import nibabel as nib
     import numpy as np
     import pydicom
-
-    lines = []
-    p = subprocess.run(["dciodvfy", "-new", str(seg_path)], capture_output=True, text=True)
-    report = (p.stdout + p.stderr).splitlines()
-    errors = [x for x in report if x.startswith("Error")]
-    warnings = [x for x in report if x.startswith("Warning")]
-    lines.append(f"dciodvfy on medhub SEG: {len(errors)} errors, {len(warnings)} warnings")
-    lines += [f"  {e}" for e in errors[:5]]
 
     seg = hd.seg.segread(seg_path)
     ct_dir = work / "data" / "series" / "ct300"
@@ -287,18 +420,37 @@ def validate_seg(seg_path: Path, work: Path) -> list[str]:
     sources.sort(key=lambda d: float(d.ImagePositionPatient[2]))  # axial, identity orientation
     img = nib.load(work / "data" / "labels" / "label300.nii.gz")
     lab = np.asanyarray(img.dataobj)  # (i, j, k) = RAS-flipped LPS axes of SimpleITK's output
-    lps = np.diag([-1, -1, 1, 1]) @ img.affine
-    inv = np.linalg.inv(lps)
+    inv = np.linalg.inv(np.diag([-1, -1, 1, 1]) @ img.affine)
     ks = [round((inv @ np.r_[np.asarray(d.ImagePositionPatient, float), 1.0])[2]) for d in sources]
     expected = lab[:, :, ks].transpose(2, 1, 0)  # (frames, rows, cols)
     got = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=[d.SOPInstanceUID for d in sources],
         combine_segments=True, relabel=False, skip_overlap_checks=True)
-    segment_labels = {d.SegmentNumber: d.SegmentLabel for d in seg.SegmentSequence}
-    mismatched = int(np.count_nonzero(got != expected))
-    lines.append(f"SEG vs label map: {seg.NumberOfFrames} frames, {len(segment_labels)} segments, "
-                 f"{mismatched} of {expected.size} voxels differ")
-    return lines
+    return int(seg.NumberOfFrames), len(seg.SegmentSequence), int(np.count_nonzero(got != expected)), expected.size
+
+
+def validate_outputs(work: Path) -> tuple[list[str], dict[str, object]]:
+    """dciodvfy on every object the last round wrote, and the medhub SEGs decoded against the label map."""
+    out = work / "out" / "overhead"
+    lines, facts = [], {}
+    for name, path in (("medhub SEG (whole run)", out / "medhub" / "seg.dcm"),
+                       ("medhub SEG (writer alone)", out / "writer_seg" / "seg.dcm"),
+                       ("highdicom SEG", out / "writer_highdicom" / "seg.dcm"),
+                       ("dcmqi SEG", out / "writer_dcmqi" / "seg.dcm"),
+                       ("medhub RTSTRUCT", out / "writer_rtstruct" / "rtstruct.dcm"),
+                       ("rt-utils RTSTRUCT", out / "writer_rtutils" / "rtstruct.dcm")):
+        if not path.exists():
+            continue
+        errors, warnings, first = dciodvfy_counts(path)
+        facts[f"dciodvfy errors: {name}"] = errors
+        lines.append(f"dciodvfy on {name}: {errors} errors, {warnings} warnings")
+        lines += [f"    {e}" for e in first if name.startswith("medhub")]
+        if name.startswith("medhub SEG"):
+            frames, segments, differing, total = seg_voxel_differences(path, work)
+            facts[f"voxels differing: {name}"] = differing
+            lines.append(f"  {name} read back with highdicom: {frames} frames, {segments} segments, "
+                         f"{differing} of {total} voxels differ from the label map")
+    return lines, facts
 
 
 def profile_medhub(case: Case, res: Path) -> list[str]:
@@ -317,6 +469,7 @@ def profile_medhub(case: Case, res: Path) -> list[str]:
 
 
 def summarize(cases: dict[str, Case], medhub_name: str) -> list[str]:
+    """The table: medians per case, ratios to medhub's whole run, and each step's share of its process's CPU."""
     base_rows = cases[medhub_name].rows if medhub_name in cases else []
     base = statistics.median(r["wall_s"] for r in base_rows) if base_rows else float("nan")
     base_cpu = statistics.median(r["cpu_s"] for r in base_rows) if base_rows else float("nan")
@@ -335,10 +488,80 @@ def summarize(cases: dict[str, Case], medhub_name: str) -> list[str]:
         steps = [r["steps"] for r in c.rows if r.get("steps")]
         for key in (steps[0] if steps else {}):
             cpus = [s[key]["cpu"] for s in steps if s[key]["cpu"] is not None]
-            step_cpu = f"{statistics.median(cpus):.3f}" if cpus else ""
+            step_cpu = f"{statistics.median(cpus):.3f} ({100 * statistics.median(cpus) / cpu:.0f} %)" if cpus else ""
             lines.append(f"|   step: {key} | {len(steps)} | "
                          f"{statistics.median(s[key]['wall'] for s in steps):.3f} | | {step_cpu} | | | | |")
     return lines
+
+
+def _step_cpu(case: Case, step: str) -> float:
+    values = [r["steps"][step]["cpu"] for r in case.rows if r.get("steps") and step in r["steps"]]
+    return statistics.median(values) if values else float("nan")
+
+
+def _verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
+def targets(cases: dict[str, Case], work: Path, facts: dict[str, object]) -> list[str]:
+    """Issue 14's targets 1-5, each with its figure, by median CPU time unless it says wall."""
+    cpu = {k: statistics.median(r["cpu_s"] for r in c.rows) for k, c in cases.items() if c.rows}
+    wall = {k: statistics.median(r["wall_s"] for r in c.rows) for k, c in cases.items() if c.rows}
+    rss = {k: statistics.median(r["maxrss_mib"] for r in c.rows) for k, c in cases.items() if c.rows}
+    lines = ["Targets (issue 14; medians; CPU = user + sys of the process tree):"]
+    chain = next((k for k in cpu if k.startswith("MHub chain")), None)
+    floor = next((k for k in cpu if k.startswith("pydicom read+decode")), None)
+    seg_errors = facts.get("dciodvfy errors: medhub SEG (writer alone)")
+    seg_diff = facts.get("voxels differing: medhub SEG (writer alone)")
+    if SEG_MEDHUB in cpu:
+        mine, write = cpu[SEG_MEDHUB], _step_cpu(cases[SEG_MEDHUB], "write")
+        valid = seg_errors == 0 and seg_diff == 0
+        lines.append(f"1. SEG writing (300 slices, 10 segments, 784 frames; dciodvfy errors {seg_errors}, "
+                     f"voxels differing {seg_diff}):")
+        if SEG_DCMQI in cpu:
+            ratio = cpu[SEG_DCMQI] / mine
+            lines.append(f"   dcmqi itkimage2segimage / medhub, whole processes: {ratio:.1f}x (target >=3x) "
+                         f"{_verdict(ratio >= 3 and valid)}   [wall {wall[SEG_DCMQI] / wall[SEG_MEDHUB]:.1f}x; "
+                         f"dcmqi's whole process / medhub's write step: {cpu[SEG_DCMQI] / write:.1f}x]")
+        if SEG_HIGHDICOM in cpu:
+            ratio = cpu[SEG_HIGHDICOM] / mine
+            build = _step_cpu(cases[SEG_HIGHDICOM], "Segmentation()") + _step_cpu(cases[SEG_HIGHDICOM], "save_as")
+            lines.append(f"   highdicom / medhub, whole processes: {ratio:.1f}x (target >=3x) "
+                         f"{_verdict(ratio >= 3 and valid)}   [Segmentation() + save_as {build:.2f} s / medhub's "
+                         f"write step {write:.2f} s = {build / write:.1f}x]")
+    if chain and floor and MEDHUB_MAIN in cpu:
+        ratio, floor_ratio = cpu[chain] / cpu[MEDHUB_MAIN], cpu[MEDHUB_MAIN] / cpu[floor]
+        lines.append(f"2. MHub chain / medhub = {ratio:.1f}x (target >=10x) {_verdict(ratio >= 10)}   "
+                     f"[wall {wall[chain] / wall[MEDHUB_MAIN]:.1f}x]")
+        lines.append(f"   medhub / pydicom read+decode floor = {floor_ratio:.2f}x (target <=3x) "
+                     f"{_verdict(floor_ratio <= 3)}   [wall {wall[MEDHUB_MAIN] / wall[floor]:.2f}x]")
+    if MEDHUB_MAIN in rss:
+        volume = decoded_volume_mib(work)
+        ratio = rss[MEDHUB_MAIN] / volume
+        lines.append(f"3. peak RSS of the medhub run {rss[MEDHUB_MAIN]:.0f} MiB / decoded volume {volume:.0f} MiB = "
+                     f"{ratio:.2f}x (target <=2.5x) {_verdict(ratio <= 2.5)}")
+    cli = {k: v for k, v in wall.items() if k.startswith(CLI_PREFIX)}
+    if cli:
+        worst = max(cli.values())
+        lines.append("4. CLI, wall: " + ", ".join(f"`{k}` {v:.2f} s" for k, v in cli.items())
+                     + f" (target <=0.3 s each) {_verdict(worst <= 0.3)}")
+    if RT_MEDHUB in cpu and RT_RTUTILS in cpu:
+        ratio = cpu[RT_RTUTILS] / cpu[RT_MEDHUB]
+        errors = facts.get("dciodvfy errors: medhub RTSTRUCT")
+        theirs = facts.get("dciodvfy errors: rt-utils RTSTRUCT")
+        lines.append(f"5. rt-utils / medhub RTSTRUCT, whole processes: {ratio:.1f}x (target >1x, 0 dciodvfy errors) "
+                     f"{_verdict(ratio > 1 and errors == 0)}   [wall {wall[RT_RTUTILS] / wall[RT_MEDHUB]:.1f}x; "
+                     f"dciodvfy errors medhub {errors}, rt-utils {theirs}]")
+    return lines
+
+
+def decoded_volume_mib(work: Path) -> float:
+    """Bytes of the 300-slice CT's pixels as decoded (rows x columns x bytes per pixel x slices), in MiB."""
+    import pydicom
+
+    files = sorted((work / "data" / "series" / "ct300").iterdir())
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    return len(files) * int(header.Rows) * int(header.Columns) * int(header.BitsAllocated) // 8 / 2**20
 
 
 def main_bench(args) -> int:
@@ -348,7 +571,7 @@ def main_bench(args) -> int:
     cases = build_cases(work, args.peer_bench, plastimatch)
     if args.only:
         cases = {k: v for k, v in cases.items() if any(s in k for s in args.only)}
-    medhub_name = next((k for k in cases if k.startswith("medhub")), "")
+    medhub_name = MEDHUB_MAIN if MEDHUB_MAIN in cases else ""
     res = work / "results"
     res.mkdir(parents=True, exist_ok=True)
     (work / "out" / "overhead").mkdir(parents=True, exist_ok=True)
@@ -371,7 +594,7 @@ def main_bench(args) -> int:
                 os.sync()
                 if c.steps_file and c.steps_file.exists():
                     r["steps"] = read_steps(c.steps_file)
-                    if c.name.startswith("medhub"):
+                    if c.steps_file.suffix == ".json":
                         # interpreter start, bench-script import and interpreter exit (freeing
                         # every object, highdicom's 22 MB standard tables among them)
                         r["steps"]["python start + exit"] = {
@@ -387,33 +610,19 @@ def main_bench(args) -> int:
                 if r["exit"] != 0:
                     print(f"  FAILED, see {res / 'overhead.log'}", flush=True)
 
-    lines = [f"# overhead benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
-             f"{os.cpu_count()} cores, Python {platform.python_version()}, {args.rounds} rounds + 1 warm-up", ""]
-    lines += summarize(cases, medhub_name)
     loads = [r["load1"] for c in cases.values() for r in c.rows]
+    load_text = (f"1-min load average {min(loads):.1f}-{max(loads):.1f}, median {statistics.median(loads):.1f}"
+                 if loads else "")
+    lines = [f"# overhead benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
+             f"{os.cpu_count()} cores, Python {platform.python_version()}, {args.rounds} rounds + 1 warm-up, "
+             f"{load_text}", ""]
+    lines += summarize(cases, medhub_name)
     if loads and statistics.median(loads) > (os.cpu_count() or 1) * 0.75:
         lines += ["", f"WARNING: median 1-min load average during the runs was {statistics.median(loads):.1f} on "
                   f"{os.cpu_count()} cores: other processes competed, wall times are inflated; the CPU-time "
                   "ratios are the steadier figure."]
-    med = {k: statistics.median(r["wall_s"] for r in c.rows) for k, c in cases.items() if c.rows}
-    cpu = {k: statistics.median(r["cpu_s"] for r in c.rows) for k, c in cases.items() if c.rows}
-    lines.append("")
-    chain = next((k for k in med if k.startswith("MHub chain")), None)
-    floor = next((k for k in med if k.startswith("pydicom read+decode")), None)
-    if chain and medhub_name in med:
-        ratio = med[chain] / med[medhub_name]
-        lines.append(f"MHub chain / medhub = {ratio:.1f}x (target ≥10x){'' if ratio >= 10 else '  MISSED'}"
-                     f"   [by CPU time: {cpu[chain] / cpu[medhub_name]:.1f}x]")
-    if floor and medhub_name in med:
-        ratio = med[medhub_name] / med[floor]
-        lines.append(f"medhub / pydicom floor = {ratio:.1f}x (target ≤3x){'' if ratio <= 3 else '  MISSED'}"
-                     f"   [by CPU time: {cpu[medhub_name] / cpu[floor]:.1f}x]")
-    seg_path = work / "out" / "overhead" / "medhub" / "seg.dcm"
-    lines.append("")
-    if seg_path.exists():
-        lines += validate_seg(seg_path, work)
-    else:
-        lines.append(f"no medhub SEG at {seg_path}: medhub process failed, see {res / 'overhead.log'}")
+    checks, facts = validate_outputs(work)
+    lines += ["", *checks, "", *targets(cases, work, facts)]
     if args.profile and medhub_name:
         lines += ["", *profile_medhub(cases[medhub_name], res)]
     text = "\n".join(lines)
@@ -423,7 +632,26 @@ def main_bench(args) -> int:
     return 0 if ok else 1
 
 
+def _exit_fast() -> int:
+    """End as `medhub` (cli.main) ends a finished command: exit handlers run, streams are flushed,
+    but the interpreter does not spend ~0.6 s CPU freeing every object. (medhub.cli.main itself is
+    not imported: typer and rich are not part of these processes.) Under --profile (cProfile) the
+    normal exit is kept: cProfile writes its file then."""
+    if sys.getprofile() is not None:
+        return 0
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "_writer":
+        kind, ct_dir, label, out, timings = sys.argv[2:7]
+        writer_process(kind, Path(ct_dir), Path(label), Path(out), Path(timings))
+        return _exit_fast()
     if len(sys.argv) > 1 and sys.argv[1] == "_medhub":
         p = argparse.ArgumentParser(prog="overhead.py _medhub")
         p.add_argument("cmd")
@@ -434,18 +662,7 @@ def main() -> int:
         p.add_argument("--slices", type=int, default=300)
         a = p.parse_args()
         medhub_process(a.unsorted, a.label, a.out, a.timings, a.slices)
-        # End as `medhub` (cli.main) ends a finished command: exit handlers run, streams are
-        # flushed, but the interpreter does not spend ~0.6 s CPU freeing every object.
-        # (medhub.cli.main itself is not imported: typer and rich are not part of this process.)
-        # Under --profile (cProfile) the normal exit is kept: cProfile writes its file then.
-        if sys.getprofile() is not None:
-            return 0
-        import atexit
-
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        return _exit_fast()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5, help="timed rounds (one untimed warm-up runs first)")
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="setup_peers.sh's work dir")

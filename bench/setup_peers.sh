@@ -6,6 +6,7 @@
 # Idempotent: every step checks whether its result is already there and skips itself.
 # Everything goes under WORK_DIR (outside the repository; never commit it):
 #   venv-modern/   dcmqi (itkimage2segimage), plastimatch (PyPI build, the one MHub's numbers use),
+#                  highdicom (the SEG peer), rt-utils (the RTSTRUCT peer),
 #                  pydicom 3 + SimpleITK + scipy for ../shared/peer-bench/make_data.py
 #   venv-legacy/   thedicomsort (MHub's sorter; it pins pydicom<3, hence its own venv)
 #   data/          unsorted300 (420 files), series/ct300, labels/label300.nii.gz, meta.json, uids.txt
@@ -59,8 +60,13 @@ make_venv() {  # make_venv DIR MARKER_EXECUTABLE PACKAGE...
 
 make_venv "$WORK/venv-modern" itkimage2segimage \
     "pydicom==3.0.2" "highdicom==0.28.2" nibabel numpy scipy SimpleITK \
-    "dcmqi==1.5.7" "plastimatch==1.10.0"
+    "dcmqi==1.5.7" "plastimatch==1.10.0" "rt-utils==1.2.7"
 make_venv "$WORK/venv-legacy" dicomsort "thedicomsort==1.0.1"
+# rt-utils (the RTSTRUCT peer) came later: add it to a venv-modern made before it.
+if ! "$WORK/venv-modern/bin/python" -c 'import rt_utils' 2>/dev/null; then
+    log "adding rt-utils to venv-modern"
+    "$WORK/venv-modern/bin/pip" install -q "rt-utils==1.2.7"
+fi
 
 # --- data -----------------------------------------------------------------------------------
 DATA="$WORK/data"
@@ -79,7 +85,7 @@ log "versions:"
 {
     /usr/bin/plastimatch --version 2>&1 | head -1 | sed 's/^/  apt: /'
     /usr/bin/dcm2niix --version 2>&1 | grep -m1 -i version | sed 's/^/  apt: /' || true
-    "$WORK/venv-modern/bin/pip" list 2>/dev/null | grep -Ei '^(dcmqi|plastimatch|pydicom|highdicom|simpleitk) ' | sed 's/^/  venv-modern: /'
+    "$WORK/venv-modern/bin/pip" list 2>/dev/null | grep -Ei '^(dcmqi|plastimatch|pydicom|highdicom|simpleitk|rt-utils) ' | sed 's/^/  venv-modern: /'
     "$WORK/venv-legacy/bin/pip" list 2>/dev/null | grep -Ei '^(thedicomsort|pydicom) ' | sed 's/^/  venv-legacy: /'
 } || true
 log "done: WORK=$WORK"

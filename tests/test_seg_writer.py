@@ -100,8 +100,12 @@ def read_back(path: Path, grid: SourceGrid, segments: dict[int, SegmentSpec]) ->
         uids = [p.dataset.SOPInstanceUID for p in grid.planes]
         numbers = seg.get_pixels_by_source_instance(uids, combine_segments=True)
     else:
+        # A SEG references only the source frames it has voxels on; highdicom cannot tell a frame
+        # number above the highest referenced one from a frame that does not exist, unless told
+        # that frames without a SEG frame are empty (which is what an omitted frame means).
         numbers = seg.get_pixels_by_source_frame(
-            grid.planes[0].dataset.SOPInstanceUID, [p.frame_number for p in grid.planes], combine_segments=True
+            grid.planes[0].dataset.SOPInstanceUID, [p.frame_number for p in grid.planes], combine_segments=True,
+            assert_missing_frames_are_empty=True,
         )
     return lut[numbers]
 

@@ -9,24 +9,22 @@ SEG, RTSTRUCT and SR take both from here so every object tells the same story.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pydicom.sr.coding import Code
+from pydicom.dataset import Dataset
 
 import medhub
+from medhub.segdb import Code
 
 if TYPE_CHECKING:  # highdicom and pydicom's concept dictionary cost ~0.2 s to import: only when writing
     import highdicom as hd
 
 ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
 
-
-def _default_family() -> Code:
-    # CID 7162 "Surface Processing Algorithm Families": (123110, DCM, "Artificial Intelligence")
-    from pydicom.sr.codedict import codes
-
-    return codes.cid7162.ArtificialIntelligence
+#: CID 7162 "Surface Processing Algorithm Families": (123110, DCM, "Artificial Intelligence"),
+#: written out so that writers need not import pydicom's concept dictionary (``pydicom.sr``, ~0.2 s).
+ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ class AlgorithmInfo:
 
     name: str
     version: str
-    family: Code = field(default_factory=_default_family)
+    family: Code = ARTIFICIAL_INTELLIGENCE
     type: str = "AUTOMATIC"
     source: str | None = None
     parameters: dict[str, str] | None = None
@@ -57,15 +55,35 @@ class AlgorithmInfo:
     def identification(self) -> hd.AlgorithmIdentificationSequence:
         """The Algorithm Identification Sequence highdicom puts in each segment description."""
         import highdicom as hd
+        from pydicom.sr.coding import Code as PydicomCode
 
         parameters = {str(k): str(v) for k, v in (self.parameters or {}).items()} or None
         return hd.AlgorithmIdentificationSequence(
             name=self.name,
-            family=self.family,
+            family=PydicomCode(self.family.value, self.family.scheme, self.family.meaning),
             version=self.version,
             source=self.source,
             parameters=parameters,
         )
+
+    def identification_item(self) -> Dataset:
+        """The one item of the Algorithm Identification Sequence (PS3.3 C.8.20.2, Table 10-19), with pydicom.
+
+        The same attributes as :meth:`identification`, for writers that do not use highdicom.
+        """
+        item = Dataset()
+        family = Dataset()
+        family.CodeValue, family.CodingSchemeDesignator, family.CodeMeaning = (
+            self.family.value, self.family.scheme, self.family.meaning,
+        )  # fmt: skip
+        if self.source is not None:
+            item.AlgorithmSource = self.source
+        item.AlgorithmFamilyCodeSequence = [family]
+        item.AlgorithmVersion = self.version
+        if self.parameters:
+            item.AlgorithmParameters = ",".join(f"{k}={v}" for k, v in self.parameters.items())
+        item.AlgorithmName = self.name
+        return item
 
 
 @dataclass(frozen=True)

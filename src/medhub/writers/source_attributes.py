@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import warnings
 
-from highdicom import SpecificCharacterSetValues
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -43,7 +42,16 @@ PATIENT_STUDY_TYPE2 = (
     "AccessionNumber",
 )
 UTF8 = "ISO_IR 192"
-_DEFINED_TERMS = frozenset(v.value for v in SpecificCharacterSetValues)
+#: The defined terms of Specific Character Set (PS3.3 C.12.1.1.2, Tables C.12-2 to C.12-5), written out
+#: rather than taken from highdicom's enum so that writing a SEG does not import highdicom (~0.3 s);
+#: tests/test_seg_binary.py checks that the two lists agree.
+DEFINED_CHARACTER_SETS = frozenset({
+    "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 126", "ISO_IR 127", "ISO_IR 13", "ISO_IR 138",
+    "ISO_IR 144", "ISO_IR 148", "ISO_IR 166", "ISO_IR 192", "ISO_IR 203", "GB18030", "GBK",
+    "ISO 2022 IR 6", "ISO 2022 IR 100", "ISO 2022 IR 101", "ISO 2022 IR 109", "ISO 2022 IR 110", "ISO 2022 IR 126",
+    "ISO 2022 IR 127", "ISO 2022 IR 13", "ISO 2022 IR 138", "ISO 2022 IR 144", "ISO 2022 IR 148", "ISO 2022 IR 159",
+    "ISO 2022 IR 166", "ISO 2022 IR 203", "ISO 2022 IR 58", "ISO 2022 IR 87",
+})  # fmt: skip
 _TEXT_VRS = {"PN", "LO", "SH", "ST", "LT", "UT", "UC"}
 _SEXES = {"M", "F", "O"}
 
@@ -57,7 +65,7 @@ def is_defined_character_set(value: object) -> bool:
     if not any(terms):
         return True
     # The first value may be empty (the default repertoire) when code extensions follow it.
-    return all(t in _DEFINED_TERMS or (i == 0 and t == "") for i, t in enumerate(terms))
+    return all(t in DEFINED_CHARACTER_SETS or (i == 0 and t == "") for i, t in enumerate(terms))
 
 
 def output_character_set(dataset: Dataset) -> str | list[str] | None:
