@@ -355,3 +355,26 @@ def test_several_series_are_fetched_into_the_cache_and_run_from_links(endpoint, 
     assert len(report.input_provenance) == 2
     shutil.rmtree(found.scratch)  # what medhub run does after the run: links only, the cache stays
     assert len(list((tmp_path / "cache" / NLST_SERIES).iterdir())) == 15
+
+
+def test_an_endpoint_with_more_or_fewer_files_than_the_index_is_refused(endpoint, tmp_path):
+    first = endpoint.keys[0]
+    original = endpoint.client.get_object(Bucket=endpoint.bucket, Key=first)["Body"].read()
+    extra = pydicom.dcmread(__import__("io").BytesIO(original))
+    extra.SOPInstanceUID = generate_uid()
+    extra_key = f"{endpoint.prefix}/extra.dcm"
+    endpoint.client.put_object(Bucket=endpoint.bucket, Key=extra_key, Body=encode(extra))
+    try:
+        with pytest.raises(MedhubError, match=r"16 files arrived where the index lists 15 instances; refused"):
+            fetch_series(endpoint.series, cache=tmp_path / "more", endpoint=endpoint.url)
+    finally:
+        endpoint.client.delete_object(Bucket=endpoint.bucket, Key=extra_key)
+    endpoint.client.delete_object(Bucket=endpoint.bucket, Key=first)
+    try:
+        with pytest.raises(MedhubError, match=r"14 of the 15 instances the index lists arrived .*run again to resume"):
+            fetch_series(endpoint.series, cache=tmp_path / "fewer", endpoint=endpoint.url)
+    finally:
+        endpoint.client.put_object(Bucket=endpoint.bucket, Key=first, Body=original)
+    assert not (tmp_path / "more" / NLST_SERIES).exists() and not (tmp_path / "fewer" / NLST_SERIES).exists()
+    resumed = fetch_series(endpoint.series, cache=tmp_path / "fewer", endpoint=endpoint.url)
+    assert resumed.downloaded_files == 1

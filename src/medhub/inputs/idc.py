@@ -344,7 +344,10 @@ def verify_series(folder: Path, series: IdcSeries, *, remove_mismatched: bool = 
             raise MedhubError(f"IDC series {uid}: {path.name} and {seen[sop].name} are the same instance {sop}; "
                               "refused")
         seen[sop] = path
-    if len(files) != series.instances:
+    if len(files) > series.instances:
+        raise MedhubError(f"IDC series {uid}: {len(files)} files arrived where the index lists {series.instances} "
+                          f"instances; refused (does the endpoint hold another IDC release than the index?)")
+    if len(files) < series.instances:
         raise MedhubError(f"IDC series {uid}: {len(files)} of the {series.instances} instances the index lists "
                           f"arrived in {folder}; run again to resume the download")
 
