@@ -213,7 +213,7 @@ def _keys_read(model_id: str) -> set[str]:
 
 
 def test_every_built_in_card_declares_exactly_the_parameters_its_runner_reads():
-    from medhub.hub.workflow import workflow_problems
+    from medhub.pipeline.workflows import workflow_problems
 
     for model_id in RUNNER_SOURCES:
         entry = get_model(model_id)
@@ -270,7 +270,7 @@ def test_config_predict_keys_are_checked_too(tmp_path: Path):
     assert result.returncode == 2
     assert result.stderr.strip() == ("medhub: predict.mode=quick: mode of model hdbet must be one of fast, accurate "
                                      "(and 1 more)")
-    config.write_text("execute: [predict]\nmodules:\n  predict: {folds: [0, 7]}\n")
+    config.write_text("execute: [select, load, predict]\nmodules:\n  predict: {folds: [0, 7]}\n")
     result = medhub_here("run", "hdbet", "--input", str(shared_path(ABDOMEN)), "--output", str(tmp_path / "out"),
                          "--config", str(config))
     assert result.stderr.strip() == ("medhub: predict.folds=[0, 7]: folds of model hdbet must be a non-empty list "

@@ -180,7 +180,7 @@ name: counting-embedder
 title: "Test embedding model"
 description: "Mean, std, max and min of the voxels, as an embedding model (tests only)."
 version: "1"
-task: regression
+task: embedding
 modality: [CT]
 body_part: CHEST
 inputs:

@@ -44,9 +44,10 @@ from medhub.hub.catalog import (
 )
 from medhub.hub.runtime import RUNNERS
 from medhub.hub.weights import WeightFile, ensure_weights
-from medhub.hub.workflow import load_workflow_file, workflow_problems
+from medhub.hub.workflow import load_workflow_file
 from medhub.pipeline.report import Status
 from medhub.pipeline.run import RunOptions, run
+from medhub.pipeline.workflows import workflow_problems
 from medhub.segdb import load_segment_database
 
 _SKIP_DIRS = {".venv", "venv", ".git", "build", "dist", "node_modules", "site-packages", "__pycache__", ".tox"}
@@ -226,9 +227,6 @@ def _check_workflows(entry: ModelEntry) -> list[CheckResult]:
         except MedhubError as exc:
             results.append(CheckResult("workflows", "fail", str(exc)))
             continue
-        if "predict" not in workflow.execute:
-            results.append(CheckResult("workflows", "fail", f"{path}: 'predict' is not in execute; add it"))
-            continue
         selected = workflow.params("select").get("input")
         if selected is not None and selected not in queries:
             results.append(CheckResult("workflows", "fail", f"{path}: modules.select.input {selected!r} is none of "
@@ -236,10 +234,15 @@ def _check_workflows(entry: ModelEntry) -> list[CheckResult]:
             continue
         problems = workflow_problems(entry.card, workflow)
         if problems:
-            results += [CheckResult("workflows", "fail", f"{path}: modules.{problem}") for problem in problems]
+            results += [CheckResult("workflows", "fail", f"{path}: {_where_in_file(problem)}") for problem in problems]
             continue
         results.append(CheckResult("workflows", "ok", f"{name}: {' → '.join(workflow.execute)}"))
     return results
+
+
+def _where_in_file(problem: str) -> str:
+    """A workflow problem as it reads in the file: ``execute: ...`` as is, a module's key under ``modules.``."""
+    return problem if problem.startswith("execute:") else f"modules.{problem}"
 
 
 def _check_segments(card: ModelCard) -> list[CheckResult]:

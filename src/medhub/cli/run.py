@@ -58,32 +58,22 @@ def run(
     """Run MODEL on every suitable series under --input and write results to --output."""
     from medhub.hub.catalog import get_model
     from medhub.hub.devices import check_device
-    from medhub.hub.workflow import apply_overrides, load_workflow_file, validate_workflow
     from medhub.pipeline.layout import DEFAULT_TEMPLATE
     from medhub.pipeline.progress import JsonLinesProgress, RichProgress
     from medhub.pipeline.report import Status
     from medhub.pipeline.run import RunOptions
     from medhub.pipeline.run import run as run_pipeline
+    from medhub.pipeline.steps import StepName
+    from medhub.pipeline.workflows import resolve_workflow
 
     entry = get_model(model)
     device = check_device(device, entry.card)  # a device this model or machine cannot use: exit 2 before any work
-    if config is not None:
-        chosen = load_workflow_file(config)
-    else:
-        name = workflow or "default"
-        if name not in entry.workflows:
-            available = ", ".join(sorted(entry.workflows))
-            raise MedhubError(f"model {model} has no workflow {name!r}; available: {available}")
-        chosen = load_workflow_file(entry.workflows[name])
-    extra = list(set_ or [])
-    chosen = apply_overrides(chosen, extra)
-    for flag, step in ((rtstruct, "write_rtstruct"), (nifti, "write_nifti"), (statistics, "write_statistics"),
-                       (preview, "write_preview"), (seg_nrrd, "write_seg_nrrd")):
-        if flag and step not in chosen.execute:
-            chosen.execute.append(step)
-    if labelmap:
-        chosen.modules.setdefault("write_seg", {})["labelmap"] = True
-    validate_workflow(entry.card, chosen)  # a typo or a value the model does not take: exit 2 before any work
+    switches = ((rtstruct, StepName.WRITE_RTSTRUCT), (nifti, StepName.WRITE_NIFTI),
+                (statistics, StepName.WRITE_STATISTICS), (preview, StepName.WRITE_PREVIEW),
+                (seg_nrrd, StepName.WRITE_SEG_NRRD))
+    # a typo or a value the model does not take: exit 2 before any work
+    chosen = resolve_workflow(entry, name=workflow, config=config, overrides=set_ or [],
+                              add_steps=[step for flag, step in switches if flag], labelmap=labelmap)
 
     if sample and input is not None:
         raise MedhubError("give either --input or --sample, not both")

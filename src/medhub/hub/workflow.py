@@ -3,11 +3,11 @@
 A model ships one YAML file per workflow. The user picks one with ``--workflow``, replaces it
 with ``--config FILE`` and overrides single parameters with ``--set module.param=value``.
 
-Whatever the source, a workflow is checked against the model's card before any work
-(:func:`validate_workflow`, the one entry point the CLI, the server and ``medhub check`` call):
-``predict.*`` against the card's ``parameters:``, ``select.*`` against the selection rules, and
-the other steps' keys against :data:`STEP_PARAMETERS`. A typo or a value outside what a step
-takes is one line naming the key and what is allowed, never a silently ignored setting.
+This module reads a workflow's shape and says what is wrong with one module's parameters
+(``predict.*`` against the card's ``parameters:``, ``select.*`` against the selection rules,
+any step's keys against what it declares). Which steps exist, and the one check of a whole
+workflow before any work, belong to the pipeline's step registry:
+:func:`medhub.pipeline.workflows.check_workflow`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ from pydantic import BaseModel, Field, ValidationError
 from medhub.errors import MedhubError
 from medhub.hub.card import InputSpec, ModelCard, ParameterSpec
 from medhub.inputs.select import SelectionRules
-
-KNOWN_STEPS = ("select", "load", "predict", "write_seg", "write_rtstruct", "write_nifti", "write_sr",
-               "write_statistics", "write_preview", "write_seg_nrrd")
 
 
 class WorkflowGeneral(BaseModel):
@@ -48,7 +45,7 @@ class Workflow(BaseModel):
 
 
 def load_workflow_file(path: Path) -> Workflow:
-    """Parse and validate one workflow YAML file, with a one-line error naming the file."""
+    """Parse one workflow YAML file (its shape only), with a one-line error naming the file."""
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -63,9 +60,6 @@ def load_workflow_file(path: Path) -> Workflow:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise MedhubError(f"{path}: invalid workflow at '{where}': {first['msg']}") from None
-    unknown = [s for s in workflow.execute if s not in KNOWN_STEPS]
-    if unknown:
-        raise MedhubError(f"{path}: unknown step(s) {', '.join(unknown)}; known steps: {', '.join(KNOWN_STEPS)}")
     return workflow
 
 
@@ -112,28 +106,14 @@ def selection_rules(card: ModelCard, workflow: Workflow) -> SelectionRules:
 
 # ----------------------------------------------------------------------------------- checking a workflow
 
-STEP_PARAMETERS: dict[str, dict[str, ParameterSpec]] = {
-    "load": {},
-    "write_seg": {
-        "labelmap": ParameterSpec(type="bool", default=False,
-                                  description="one LABELMAP SEG (DICOM 2024) instead of one BINARY frame per segment"),
-    },
-    "write_rtstruct": {},
-    "write_nifti": {
-        "compress": ParameterSpec(type="bool", default=True, description="write .nii.gz (true) or .nii (false)"),
-    },
-    "write_sr": {},
-}
-"""The parameters of the steps other than ``select`` (checked against :class:`SelectionRules`) and
-``predict`` (declared by each model's card). A step registered here is a step a workflow may configure."""
-
-
-def _close(name: str, known: list[str]) -> str:
+def did_you_mean(name: str, known: list[str]) -> str:
+    """``did you mean 'x'? `` for the closest of ``known``, or nothing."""
     match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     return f"did you mean '{match[0]}'? " if match else ""
 
 
-def _listed(known: list[str], what: str) -> str:
+def listing(known: list[str], what: str) -> str:
+    """``(steps: a, b)``, or ``(it has no steps)``."""
     return f"({what}: {', '.join(known)})" if known else f"(it has no {what})"
 
 
@@ -148,8 +128,8 @@ def parameter_problems(step: str, params: dict[str, Any], specs: dict[str, Param
     for key, value in params.items():
         spec = specs.get(str(key))
         if spec is None:
-            problems.append(f"{step}.{key}: {owner} has no parameter '{key}'; {_close(str(key), known)}"
-                            f"{_listed(known, 'parameters')}")
+            problems.append(f"{step}.{key}: {owner} has no parameter '{key}'; {did_you_mean(str(key), known)}"
+                            f"{listing(known, 'parameters')}")
         elif (allowed := spec.problem(value)) is not None:
             problems.append(f"{step}.{key}={_show_value(value)}: {key} of {owner} must be {allowed}")
     return problems
@@ -161,8 +141,8 @@ def selection_problems(params: dict[str, Any]) -> list[str]:
     known = sorted(SelectionRules.model_fields)
     for key, value in params.items():
         if key not in SelectionRules.model_fields:
-            problems.append(f"select.{key}: no selection rule '{key}'; {_close(str(key), known)}"
-                            f"{_listed(known, 'rules')}")
+            problems.append(f"select.{key}: no selection rule '{key}'; {did_you_mean(str(key), known)}"
+                            f"{listing(known, 'rules')}")
             continue
         try:
             SelectionRules.model_validate({key: value})
@@ -172,34 +152,6 @@ def selection_problems(params: dict[str, Any]) -> list[str]:
         except MedhubError as exc:  # the query's own one-line reason
             problems.append(f"select.{key}={_show_value(value)}: {exc}")
     return problems
-
-
-def workflow_problems(card: ModelCard, workflow: Workflow) -> list[str]:
-    """Every key of the workflow's modules that the model or the step does not take, one line each."""
-    problems = []
-    steps = ["select", "predict", *STEP_PARAMETERS]
-    for step, params in workflow.modules.items():
-        params = dict(params or {})
-        if step == "select":
-            problems += selection_problems(params)
-        elif step == "predict":
-            problems += parameter_problems("predict", params, card.parameters, f"model {card.id}")
-        elif step in STEP_PARAMETERS:
-            problems += parameter_problems(step, params, STEP_PARAMETERS[step], f"step {step}")
-        else:
-            problems.append(f"{step}: not a step medhub runs; {_close(step, steps)}{_listed(steps, 'steps')}")
-    return problems
-
-
-def validate_workflow(card: ModelCard, workflow: Workflow) -> None:
-    """Refuse, with one line naming the key and what is allowed, a workflow the model cannot run as given.
-
-    Called before any work by ``medhub run``, the pipeline, the server (as a 422) and ``medhub check``.
-    """
-    problems = workflow_problems(card, workflow)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise MedhubError(problems[0] + more)
 
 
 def predict_parameters(card: ModelCard, workflow: Workflow) -> dict[str, Any]:

@@ -130,11 +130,11 @@ def load_series(series: Series) -> Volume:
         columns=plan.columns,
         resampled=plan.resample,
     )
-    missing_uids = _missing_uids(series)
-    if missing_uids:
+    absent = missing_uids(series)
+    if absent:
         source.referenceable = False
         source.unreferenceable_reason = (
-            f"source files carry no {'/'.join(missing_uids)}; a DICOM SEG cannot reference them (NIfTI written instead)"
+            f"source files carry no {'/'.join(absent)}; a DICOM SEG cannot reference them (NIfTI written instead)"
         )
     return Volume(
         array=array,
@@ -506,7 +506,8 @@ def _stack(planes: list[np.ndarray], frames: list[_Frame]) -> np.ndarray:
     return out.transpose(2, 1, 0)
 
 
-def _missing_uids(series: Series) -> list[str]:
+def missing_uids(series: Series) -> list[str]:
+    """The UIDs a SEG must reference that this series' files lack (empty when it can be referenced)."""
     missing = []
     if not series.study_instance_uid:
         missing.append("StudyInstanceUID")

@@ -31,17 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medhub.errors import MedhubError
 from medhub.hub.catalog import ModelEntry, get_model
 from medhub.hub.devices import check_card_device
-from medhub.hub.workflow import (
-    Workflow,
-    apply_overrides,
-    load_workflow_file,
-    selection_rules,
-    validate_workflow,
-)
+from medhub.hub.workflow import Workflow, selection_rules
 from medhub.inputs.scan import scan
 from medhub.inputs.select import select
 from medhub.pipeline.report import REPORT_NAME, Status
 from medhub.pipeline.run import Pipeline, RunOptions
+from medhub.pipeline.steps import StepName
+from medhub.pipeline.workflows import resolve_workflow
 from medhub.serve.settings import ServeSettings
 from medhub.serve.store import INTERRUPTED, Job, JobStatus, JobStore, empty_progress
 from medhub.serve.uploads import ApiError, SavedInput, Upload, save_uploads
@@ -87,23 +83,18 @@ def parse_options(text: str | None) -> JobOptions:
         raise ApiError(422, f"options.{where}: {first['msg']}") from None
 
 
-def resolve_workflow(entry: ModelEntry, name: str, options: JobOptions) -> Workflow:
-    """The model's workflow with the job's options applied; NIfTI labels are always written (the viewer reads them)."""
-    if name not in entry.workflows:
-        have = ", ".join(sorted(entry.workflows)) or "none"
-        raise ApiError(422, f"model {entry.id} has no workflow '{name}'; available: {have}")
-    workflow = apply_overrides(load_workflow_file(entry.workflows[name]), options.set)
-    for wanted, step in ((options.rtstruct, "write_rtstruct"), (True, "write_nifti"),
-                         (options.seg_nrrd, "write_seg_nrrd")):
-        if wanted and step not in workflow.execute:
-            workflow.execute.append(step)
-    if options.labelmap:
-        workflow.modules.setdefault("write_seg", {})["labelmap"] = True
+def job_workflow(entry: ModelEntry, name: str, options: JobOptions) -> Workflow:
+    """The model's workflow with the job's options applied, checked as ``medhub run`` checks it (else a 422).
+
+    NIfTI labels are always written: the viewer reads them.
+    """
+    switches = ((options.rtstruct, StepName.WRITE_RTSTRUCT), (True, StepName.WRITE_NIFTI),
+                (options.seg_nrrd, StepName.WRITE_SEG_NRRD))
     try:
-        validate_workflow(entry.card, workflow)  # the same check as `medhub run`, before the upload is stored
+        return resolve_workflow(entry, name=name, overrides=options.set,
+                                add_steps=[step for wanted, step in switches if wanted], labelmap=options.labelmap)
     except MedhubError as exc:
         raise ApiError(422, str(exc)) from None
-    return workflow
 
 
 def validate_input(entry: ModelEntry, workflow: Workflow, saved: SavedInput) -> dict[str, Any]:
@@ -280,7 +271,7 @@ class JobService:
             raise ApiError(422, str(exc)) from None
         options = parse_options(options_text)
         try:
-            resolved = resolve_workflow(entry, workflow or "default", options)
+            resolved = job_workflow(entry, workflow or "default", options)
         except ApiError:
             raise
         except MedhubError as exc:

@@ -1,7 +1,8 @@
 """Writing a value-only result (a head's class probabilities) for one series: JSON, CSV, DICOM SR.
 
-The pipeline calls :func:`write_value_outputs` for a prediction without a label map. Per
-series, next to where a SEG would go (``OUT/<series>/<model>``):
+The pipeline's ``write_values`` step calls :func:`write_value_outputs` for a prediction
+without a label map, and its ``write_sr`` step :func:`write_value_sr`. Per series, next to
+where a SEG would go (``OUT/<series>/<model>``):
 
 ``<model>.values.json``
     the model, its version, the series (key, UIDs, description) and the values;
@@ -57,10 +58,8 @@ def write_value_outputs(
     card: Any,
     *,
     series_key: str,
-    write_sr: bool,
-    sr_params: dict[str, Any] | None = None,
 ) -> WrittenOutputs:
-    """Write JSON + CSV (always) and the SR (if ``write_sr`` and possible) for one series at ``base``."""
+    """Write ``<base>.values.json`` and ``<base>.values.csv`` for one series."""
     done = WrittenOutputs()
     fields = _series_fields(volume, series_key)
     document = {"model": card.id, "model_version": str(card.version), "series": fields, "values": values}
@@ -78,11 +77,6 @@ def write_value_outputs(
     with atomic_output(csv_path) as temporary:
         temporary.write_text(buffer.getvalue())
     done.paths.append(csv_path)
-
-    if write_sr:
-        sr_path = _write_sr(base, volume, values, card, sr_params or {}, done)
-        if sr_path is not None:
-            done.paths.append(sr_path)
     return done
 
 
@@ -90,7 +84,17 @@ def _cell(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, dict | list) else value
 
 
-def _write_sr(base: Path, volume: Volume, values: dict[str, Any], card: Any, params: dict[str, Any],
+def write_value_sr(final: Path, volume: Volume, values: dict[str, Any], card: Any,
+                   params: dict[str, Any] | None = None) -> WrittenOutputs:
+    """Write the classification as a DICOM SR at ``final``, or say in ``notes`` why it cannot be written."""
+    done = WrittenOutputs()
+    path = _write_sr(final, volume, values, card, params or {}, done)
+    if path is not None:
+        done.paths.append(path)
+    return done
+
+
+def _write_sr(final: Path, volume: Volume, values: dict[str, Any], card: Any, params: dict[str, Any],
               done: WrittenOutputs) -> Path | None:
     source = volume.source
     if source is None:
@@ -114,7 +118,6 @@ def _write_sr(base: Path, volume: Volume, values: dict[str, Any], card: Any, par
     parameters = {k: str(v) for k, v in params.items()}
     if values.get("encoder"):
         parameters.setdefault("encoder", str(values["encoder"]))
-    final = base.with_name(base.name + ".sr.dcm")
     with atomic_output(final) as temporary:
         write_classification_sr(
             source, classification.name, probabilities,

@@ -1,0 +1,55 @@
+"""predict: the model's runner (loaded once per process and device) on the volume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medhub.data.prediction import Prediction
+from medhub.errors import MedhubError
+from medhub.hub.runtime import RUNNERS
+from medhub.hub.workflow import parameter_problems, predict_parameters
+from medhub.pipeline.steps.base import ModelOutput, Phase, SeriesWork, Step, StepName, model_outputs
+
+
+class Predict(Step):
+    name = StepName.PREDICT
+    phase = Phase.PREDICT
+    description = "run the model on the volume"
+    self_timed = True  # model_load and predict are timed apart
+
+    def problems(self, params: dict[str, Any], card: Any) -> list[str]:
+        """The model's own parameters, as its card declares them."""
+        return parameter_problems(self.name, params, card.parameters, f"model {card.id}")
+
+    def run(self, work: SeriesWork) -> None:
+        volume = work.require_volume()
+        params = predict_parameters(work.card, work.workflow)  # the card's defaults, then the workflow's
+        card = work.card
+        with RUNNERS.lock(card.id, work.device):  # one series at a time on a runner
+            with work.timed("model_load"):
+                runner = RUNNERS.get(work.model, work.device, params)
+            with work.timed("predict"):
+                prediction = runner.predict(volume, params)
+        if prediction.labels is not None and prediction.labels.shape != volume.array.shape:
+            raise MedhubError(
+                f"model {card.id} returned labels of shape {prediction.labels.shape} "
+                f"for a volume of shape {volume.array.shape}"
+            )
+        _check_against_card(prediction, card)
+        work.entry.values.update(prediction.values)
+        work.prediction = prediction
+        if prediction.labels is not None:
+            present = work.present_labels()
+            missing = sorted(seg_id for value, seg_id in prediction.segments.items() if value not in present)
+            if missing:
+                work.entry.notes.append(f"empty segments (no voxels): {', '.join(missing)}")
+
+
+def _check_against_card(prediction: Prediction, card: Any) -> None:
+    """The card says what the runner returns (the writers follow it): a runner that disagrees is refused."""
+    promised = model_outputs(card)
+    if prediction.embedding is not None and ModelOutput.EMBEDDING not in promised:
+        raise MedhubError(f"model {card.id} returned an embedding, but its card's task is {card.task!r} "
+                          "(the card of an embedding model says task: embedding)")
+    if prediction.labels is not None and ModelOutput.LABELS not in promised:
+        raise MedhubError(f"model {card.id} returned a label map, but its card declares no segments")
