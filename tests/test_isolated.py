@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
+from medhub import config
 from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
 from medhub.hub import envs
@@ -99,7 +100,7 @@ def isolated(test_env: Path):
 
 # -- deciding --------------------------------------------------------------------------------
 def test_needs_isolation_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(envs.ISOLATION_VARIABLE, raising=False)
+    monkeypatch.delenv(config.ISOLATION, raising=False)
     assert np.__version__.startswith("2."), "the conflict this file tests needs numpy 2 in medhub's environment"
     assert envs.needs_isolation(model_entry().card)
     assert envs.unsatisfied(model_entry().card) == [f"numpy<2 (installed: {np.__version__})"]
@@ -109,11 +110,11 @@ def test_needs_isolation_follows_the_environment(monkeypatch: pytest.MonkeyPatch
     assert envs.unsatisfied(missing) == ["surely-not-installed-pkg (not installed)"]
     assert not envs.needs_isolation(card_with(['numpy<2; python_version < "3.0"']).card)  # marker does not apply
 
-    monkeypatch.setenv(envs.ISOLATION_VARIABLE, "always")
+    monkeypatch.setenv(config.ISOLATION, "always")
     assert envs.needs_isolation(get_model("ct-body").card)
-    monkeypatch.setenv(envs.ISOLATION_VARIABLE, "never")
+    monkeypatch.setenv(config.ISOLATION, "never")
     assert not envs.needs_isolation(model_entry().card)
-    monkeypatch.setenv(envs.ISOLATION_VARIABLE, "sometimes")
+    monkeypatch.setenv(config.ISOLATION, "sometimes")
     with pytest.raises(MedhubError, match="MEDHUB_ISOLATION='sometimes': expected auto, always or never"):
         envs.needs_isolation(model_entry().card)
 
@@ -203,8 +204,8 @@ def test_ct_body_forced_into_isolation_matches_in_process(
     """MEDHUB_ISOLATION=always sends a built-in model through its own venv; same labels and values.
 
     Runs on a crop of the real CT (equivalence, not accuracy)."""
-    monkeypatch.setenv(envs.ENVS_VARIABLE, str(envs_root))
-    monkeypatch.setenv(envs.ISOLATION_VARIABLE, "always")
+    monkeypatch.setenv(config.ENVS, str(envs_root))
+    monkeypatch.setenv(config.ISOLATION, "always")
     model = get_model("ct-body")
     params = {"body_hu": -500, "bone_hu": 250}
     volume = crop(phantom)
@@ -215,7 +216,7 @@ def test_ct_body_forced_into_isolation_matches_in_process(
     with pytest.raises(SeriesSkipped, match="ct-body found no body"):  # a skip inside the worker stays a skip
         runner.predict(Volume(np.full((8, 8, 8), -1000, np.int16), np.eye(4), modality="CT"), params)
 
-    monkeypatch.setenv(envs.ISOLATION_VARIABLE, "auto")
+    monkeypatch.setenv(config.ISOLATION, "auto")
     local = loaded_runner(model, "cpu", params)  # the cache swaps to the in-process runner and stops the worker
     assert not isinstance(local, IsolatedRunner) and runner._process is None
     expected = local.predict(volume, params)
@@ -278,8 +279,8 @@ def test_medhub_pull_then_run_end_to_end(tmp_path: Path, expected, assert_valid_
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: medhub-isolated-test-model\nVersion: 0.1.0\n")
     (info / "entry_points.txt").write_text("[medhub.models]\nisolated-threshold = isolated_model\n")
     envs_dir = tmp_path / "envs"
-    environment = {**os.environ, "PYTHONPATH": str(plugins), envs.ENVS_VARIABLE: str(envs_dir),
-                   envs.ISOLATION_VARIABLE: "auto"}
+    environment = {**os.environ, "PYTHONPATH": str(plugins), config.ENVS: str(envs_dir),
+                   config.ISOLATION: "auto"}
 
     def medhub(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "medhub", *args], capture_output=True, text=True,

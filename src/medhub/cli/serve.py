@@ -6,23 +6,19 @@ Imported at the bottom of :mod:`medhub.cli.main`, like :mod:`medhub.cli.hub`. He
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from medhub import config
 from medhub.cli.app import DebugOption, app, user_errors
 from medhub.errors import MedhubError
 
 
 def default_data_dir() -> Path:
     """``$MEDHUB_SERVE_DATA`` or ``~/.local/share/medhub/serve``: jobs persist across restarts there."""
-    env = os.environ.get("MEDHUB_SERVE_DATA")
-    if env:
-        return Path(env)
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "medhub" / "serve"
+    return config.settings().serve_data
 
 
 @app.command()
@@ -35,7 +31,7 @@ def serve(
         "--data-dir", help="Job store and job files (default $MEDHUB_SERVE_DATA or ~/.local/share/medhub/serve).")
     ] = None,
     token: Annotated[str | None, typer.Option(
-        "--token", envvar="MEDHUB_SERVE_TOKEN", help="API token clients send as 'Authorization: Bearer <token>'.")
+        "--token", help="API token clients send as 'Authorization: Bearer <token>' (default $MEDHUB_SERVE_TOKEN).")
     ] = None,
     workers: Annotated[int, typer.Option("--workers", help="Jobs run at the same time (threads).")] = 1,
     max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", help="Largest accepted upload.")] = 2048,
@@ -54,7 +50,8 @@ def serve(
     from medhub.hub.devices import check_machine_device
 
     device = check_machine_device(device)  # a server whose every job would fail on its device does not start
-    settings = ServeSettings(data_dir=data_dir or default_data_dir(), host=host, port=port, token=token,
+    settings = ServeSettings(data_dir=data_dir or default_data_dir(), host=host, port=port,
+                             token=token or config.settings().serve_token,
                              workers=workers, max_upload_bytes=max_upload_mb * 1024 * 1024, max_queued=max_queued,
                              device=device)
     application = create_app(settings)

@@ -11,25 +11,19 @@ the folders into catalog entries.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
+from medhub import config
 from medhub.errors import MedhubError
 
-HEADS_VARIABLE = "MEDHUB_HEADS"
 _NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 def heads_root() -> Path:
     """``$MEDHUB_HEADS``, else ``$XDG_DATA_HOME/medhub/heads``, else ``~/.local/share/medhub/heads``."""
-    configured = os.environ.get(HEADS_VARIABLE)
-    if configured:
-        return Path(configured).expanduser()
-    data_home = os.environ.get("XDG_DATA_HOME")
-    base = Path(data_home).expanduser() if data_home else Path.home() / ".local" / "share"
-    return base / "medhub" / "heads"
+    return config.settings().heads
 
 
 def check_name(name: str) -> str:
@@ -52,7 +46,7 @@ def find_head(name_or_path: str | Path, root: Path | None = None) -> Path:
     folder = head_path(str(name_or_path), root)
     if not (folder / "card.yaml").is_file():
         have = ", ".join(head_names(root)) or "none"
-        raise MedhubError(f"no head named '{name_or_path}' in {folder.parent} (${HEADS_VARIABLE}); heads: {have}")
+        raise MedhubError(f"no head named '{name_or_path}' in {folder.parent} (${config.HEADS}); heads: {have}")
     return folder
 
 

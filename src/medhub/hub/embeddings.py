@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import time
 import zipfile
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from medhub import config
 from medhub.data.embedding import EmbeddingResult
 from medhub.data.volume import Volume
 from medhub.errors import MedhubError
@@ -47,7 +47,6 @@ from medhub.hub.catalog import get_model, list_models
 from medhub.hub.runtime import loaded_runner
 from medhub.hub.workflow import load_workflow_file
 
-ENV_CACHE = "MEDHUB_CACHE"
 #: Bumped when the cache entry layout or the key's ingredients change: old entries are then ignored.
 FORMAT_VERSION = 1
 _HASH_BLOCK = 1 << 24
@@ -74,12 +73,7 @@ class EmbeddingModel(Protocol):
 
 def embeddings_cache_dir() -> Path:
     """``$MEDHUB_CACHE/embeddings``, else ``$XDG_CACHE_HOME/medhub/embeddings``, else ``~/.cache/medhub/embeddings``."""
-    explicit = os.environ.get(ENV_CACHE, "").strip()
-    if explicit:
-        return Path(explicit).expanduser().resolve() / "embeddings"
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return (base / "medhub" / "embeddings").resolve()
+    return config.settings().embeddings_cache
 
 
 def input_hash(volume: Volume) -> str:

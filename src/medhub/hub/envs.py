@@ -56,10 +56,10 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 import medhub
+from medhub import config
+from medhub.config import Isolation
 from medhub.errors import MedhubError
 
-ENVS_VARIABLE = "MEDHUB_ENVS"
-ISOLATION_VARIABLE = "MEDHUB_ISOLATION"  # auto (default) | always | never
 MARKER = "medhub-env.json"
 FORMAT_VERSION = 1
 TORCH_FAMILY = frozenset({"torch", "torchvision", "torchaudio"})
@@ -103,27 +103,18 @@ def unsatisfied(card: Any) -> list[str]:
     return problems
 
 
-def isolation_mode() -> str:
-    """``$MEDHUB_ISOLATION``: ``auto`` (isolate when needed), ``always`` or ``never``."""
-    mode = os.environ.get(ISOLATION_VARIABLE, "auto").strip().lower() or "auto"
-    if mode not in ("auto", "always", "never"):
-        raise MedhubError(f"{ISOLATION_VARIABLE}={mode!r}: expected auto, always or never")
-    return mode
-
-
 def needs_isolation(card: Any) -> bool:
     """True when the model must run in its own venv: any requirement unmet here, or forced by
     ``MEDHUB_ISOLATION=always`` (``never`` turns isolation off, e.g. to debug a runner)."""
-    mode = isolation_mode()
-    if mode != "auto":
-        return mode == "always"
+    mode = config.settings().isolation
+    if mode is not Isolation.AUTO:
+        return mode is Isolation.ALWAYS
     return bool(unsatisfied(card))
 
 
 def envs_root() -> Path:
     """Where model venvs live: ``$MEDHUB_ENVS`` or ``~/.cache/medhub/envs``."""
-    configured = os.environ.get(ENVS_VARIABLE)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "medhub" / "envs"
+    return config.settings().envs
 
 
 def medhub_requirement(name: str) -> str:

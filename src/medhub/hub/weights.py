@@ -41,7 +41,7 @@ from urllib.error import HTTPError, URLError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from medhub import __version__
+from medhub import __version__, config
 from medhub.errors import MedhubError
 
 try:  # POSIX only; elsewhere concurrent pulls are simply not guarded
@@ -49,8 +49,7 @@ try:  # POSIX only; elsewhere concurrent pulls are simply not guarded
 except ImportError:  # pragma: no cover - not reached on Linux/macOS
     fcntl = None  # type: ignore[assignment]
 
-ENV_CACHE = "MEDHUB_WEIGHTS_CACHE"
-ENV_MIRROR = "MEDHUB_WEIGHTS_MIRROR"
+ENV_MIRROR = config.WEIGHTS_MIRROR  # named in messages
 
 #: Seconds to wait for a connection or for the next block of data before giving up.
 TIMEOUT = 30.0
@@ -89,18 +88,12 @@ class WeightFile(BaseModel):
 
 def weights_cache_dir() -> Path:
     """``$MEDHUB_WEIGHTS_CACHE``, else ``$XDG_CACHE_HOME/medhub/weights``, else ``~/.cache/medhub/weights``."""
-    explicit = os.environ.get(ENV_CACHE, "").strip()
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return (base / "medhub" / "weights").resolve()
+    return config.settings().weights_cache
 
 
 def mirror_setting() -> str | None:
     """The raw ``MEDHUB_WEIGHTS_MIRROR`` value, or None when unset or blank."""
-    value = os.environ.get(ENV_MIRROR, "").strip()
-    return value or None
+    return config.settings().weights_mirror
 
 
 def cached_path(model_id: str, file: WeightFile) -> Path:

@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import pydicom
 import requests
 
+from medhub import config
 from medhub.errors import MedhubError
 from medhub.files import atomic_output, safe_component
 from medhub.inputs.push import PushProgress, push_files
@@ -38,7 +39,7 @@ from medhub.inputs.push import PushProgress, push_files
 SCHEMES = {"dicomweb": "http", "dicomwebs": "https", "http": "http", "https": "https"}
 """URL schemes accepted, and the HTTP scheme each one means (``dicomwebs`` is DICOMweb over TLS)."""
 
-TOKEN_ENV, USER_ENV, PASSWORD_ENV = "MEDHUB_DICOMWEB_TOKEN", "MEDHUB_DICOMWEB_USER", "MEDHUB_DICOMWEB_PASSWORD"
+TOKEN_ENV, USER_ENV, PASSWORD_ENV = config.DICOMWEB_TOKEN, config.DICOMWEB_USER, config.DICOMWEB_PASSWORD
 
 TIMEOUT = (10.0, 300.0)
 """(connect, read) seconds: connecting must be quick; a large series may take long to stream."""
@@ -127,7 +128,6 @@ def parse_dicomweb_url(url: str | os.PathLike[str], env: Mapping[str, str] | Non
     option typed as a path collapses the double slash. Credentials come from the URL or, failing
     that, from the environment ``env`` (default ``os.environ``); see the module docstring.
     """
-    env = os.environ if env is None else env
     text = str(url).strip()
     text = re.sub(r"^(dicomwebs?|https?):/(?!/)", r"\1://", text, flags=re.IGNORECASE)
     shown = redact_url(text)
@@ -162,9 +162,10 @@ def parse_dicomweb_url(url: str | os.PathLike[str], env: Mapping[str, str] | Non
     password = unquote(parts.password) if parts.password is not None else None
     token = None
     if username is None:
-        token = env.get(TOKEN_ENV) or None
-        if token is None and env.get(USER_ENV):
-            username, password = env[USER_ENV], env.get(PASSWORD_ENV, "")
+        found = config.settings(env)
+        token = found.dicomweb_token
+        if token is None and found.dicomweb_user:
+            username, password = found.dicomweb_user, found.dicomweb_password
     return DicomwebTarget(base_url=base_url, study=filters.get("study"), series=filters.get("series"),
                           username=username, password=password, token=token)
 

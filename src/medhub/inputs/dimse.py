@@ -45,11 +45,12 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
+from medhub import config
 from medhub.errors import MedhubError
 from medhub.files import atomic_output, safe_component
 from medhub.inputs.push import PushProgress, push_files
 
-AE_TITLE_ENV = "MEDHUB_AE_TITLE"
+AE_TITLE_ENV = config.AE_TITLE  # named in messages
 DEFAULT_AE_TITLE = "MEDHUB"
 DEFAULT_PORT = 104
 """The port IANA registered for DICOM; most archives listen on it or on 11112."""
@@ -134,8 +135,7 @@ def check_ae_title(value: str, what: str) -> str:
 
 def calling_ae_title(env: Mapping[str, str] | None = None) -> str:
     """The AE title medhub calls with: ``MEDHUB_AE_TITLE``, default ``MEDHUB``."""
-    env = os.environ if env is None else env
-    return check_ae_title(env.get(AE_TITLE_ENV) or DEFAULT_AE_TITLE, AE_TITLE_ENV)
+    return check_ae_title(config.settings(env).ae_title or DEFAULT_AE_TITLE, AE_TITLE_ENV)
 
 
 def parse_dimse_url(url: str | os.PathLike[str]) -> DimseTarget:

@@ -38,9 +38,10 @@ from urllib.parse import parse_qsl, urlsplit
 import pydicom
 import requests
 
+from medhub import config
 from medhub.errors import MedhubError
 
-CACHE_ENV, ENDPOINT_ENV = "MEDHUB_IDC_CACHE", "MEDHUB_IDC_ENDPOINT"
+CACHE_ENV, ENDPOINT_ENV = config.IDC_CACHE, config.IDC_ENDPOINT  # named in messages
 DEFAULT_ENDPOINT = "https://s3.amazonaws.com"
 """Where IDC's public buckets are served (the endpoint of the s5cmd commands IDC's portal shows)."""
 
@@ -243,13 +244,12 @@ class IdcIndex:
 # -- the cache and the download ----------------------------------------------------------------
 def cache_root() -> Path:
     """``MEDHUB_IDC_CACHE``, else ``~/.cache/medhub/idc``."""
-    configured = os.environ.get(CACHE_ENV)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "medhub" / "idc"
+    return config.settings().idc_cache
 
 
 def endpoint_url() -> str:
     """``MEDHUB_IDC_ENDPOINT`` (a mirror, or a test server), else IDC's public endpoint."""
-    return (os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).rstrip("/")
+    return (config.settings().idc_endpoint or DEFAULT_ENDPOINT).rstrip("/")
 
 
 def s5cmd_executable() -> str:
@@ -393,7 +393,7 @@ def _check_endpoint(endpoint: str) -> None:
         text = str(exc)
         reason = "connection refused" if "refused" in text.lower() else (
             "timed out" if isinstance(exc, requests.Timeout) else text.splitlines()[0][:160])
-        variable = f" (set by {ENDPOINT_ENV})" if os.environ.get(ENDPOINT_ENV) else ""
+        variable = f" (set by {ENDPOINT_ENV})" if config.settings().idc_endpoint else ""
         raise MedhubError(f"IDC endpoint {endpoint}{variable} cannot be reached: {reason}") from None
 
 

@@ -32,6 +32,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from medhub import config
 from medhub.data.series import Instance, ScanResult, Series, UnreadableFile
 from medhub.errors import MedhubError
 
@@ -111,7 +112,7 @@ def scan(root: Path, progress: Callable[[int], None] | None = None, *, workers: 
     root = Path(root)
     result = ScanResult(root=root)
     groups: dict[str, list[Instance]] = {}
-    workers = workers if workers is not None else int(os.environ.get("MEDHUB_SCAN_WORKERS", "1") or 1)
+    workers = workers if workers is not None else config.settings().scan_workers
     if workers > 1:
         _scan_parallel(root, result, groups, workers, progress)
     else:
