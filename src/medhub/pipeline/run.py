@@ -80,6 +80,7 @@ class Pipeline:
         self.model = model
         self.options = options
         self.workflow = options.workflow
+        self.outputs = model_outputs(model.card)  # what the card says the runner returns: the writers follow it
         self.report = RunReport(
             medhub_version=medhub.__version__,
             model=model.card.id,
@@ -92,12 +93,16 @@ class Pipeline:
             input_provenance=list(options.input_provenance),
         )
 
+    @property
+    def steps(self) -> list[StepName]:
+        """The workflow's steps, checked (also where a worker builds the pipeline and calls :meth:`process_series`)."""
+        return check_workflow(self.workflow, self.model.card)
+
     # -- entry point ---------------------------------------------------------------------------
     def run(self) -> RunReport:
         """Run everything; raise MedhubError only when nothing at all can be done (exit code 2)."""
         self.options.device = self.report.device = check_device(self.options.device, self.model.card)  # before any work
-        self.steps = check_workflow(self.workflow, self.model.card)  # before any work: one line naming the key
-        self.outputs = model_outputs(self.model.card)
+        check_workflow(self.workflow, self.model.card)  # before any work: one line naming the key
         source = self.options.input_path
         if not source.exists():
             raise MedhubError(f"input not found: {source}")
