@@ -236,6 +236,16 @@ def test_forward_to_a_stopped_orthanc_is_retried_until_stored(pacs, tmp_path):
     assert not list((tmp_path / "out" / ".medhub-spool" / "outbox").glob("*.json"))
 
 
+def test_forward_over_dicomweb_with_credentials_that_are_never_logged(pacs, tmp_path):
+    _, series, files = make_series(tmp_path / "ct", slices=10)
+    url = f"dicomweb://{orthanc.USER}:{orthanc.PASSWORD}@127.0.0.1:{pacs.server.port}/dicom-web"
+    with Node(pacs, tmp_path / "out", forward=url) as node:
+        assert send(files, pacs.listener_port) == [0] * 10
+        wait_for(lambda: node.logged(f"series {series}: forwarded 1 of 1"), 60, "the forward", node.lines)
+    assert len(segs_of(pacs.server, series)) == 1
+    assert not [line for line in node.lines if orthanc.PASSWORD in line]
+
+
 def test_a_series_claimed_before_a_crash_runs_at_start_up(pacs, tmp_path):
     """A work/ batch (claimed, then the process died mid-run) is processed first when the node starts."""
     _, series, files = make_series(tmp_path / "ct", slices=10)
