@@ -16,7 +16,6 @@ from typing import Annotated, Any
 import typer
 
 from medhub.cli.app import DebugOption, app, user_errors
-from medhub.errors import MedhubError
 
 
 def _log(message: str) -> None:
@@ -43,7 +42,9 @@ def listen(
         "--allow-ae", help="Accept associations only from this calling AE title (repeatable).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0: other machines may send).")
                     ] = "127.0.0.1",
-    workflow: Annotated[str, typer.Option("--workflow", "-w", help="Workflow name of the model.")] = "default",
+    workflow: Annotated[str | None, typer.Option("--workflow", "-w", help="Workflow name of the model.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A workflow YAML file to use instead.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override module.param=value (repeatable).")] = None,
     spool: Annotated[Path | None, typer.Option(
         "--spool", help="Where received instances wait (default OUTPUT/.medhub-spool); survives restarts.")] = None,
     forward_retry: Annotated[float, typer.Option(
@@ -54,15 +55,13 @@ def listen(
     """Receive DICOM (C-STORE, C-ECHO); run MODEL on each series once it is quiet; write and forward the results."""
     from medhub.hub.catalog import get_model
     from medhub.hub.devices import check_machine_device
-    from medhub.hub.workflow import load_workflow_file
     from medhub.inputs.dimse import calling_ae_title
+    from medhub.pipeline.workflows import resolve_workflow
     from medhub.serve.listener import DicomListener, ListenerOptions
 
     entry = get_model(model)
-    if workflow not in entry.workflows:
-        available = ", ".join(sorted(entry.workflows))
-        raise MedhubError(f"model {model} has no workflow {workflow!r}; available: {available}")
-    options = ListenerOptions(model=entry, workflow=load_workflow_file(entry.workflows[workflow]), port=port,
+    chosen = resolve_workflow(entry, name=workflow, config=config, overrides=list(set_ or []))
+    options = ListenerOptions(model=entry, workflow=chosen, port=port,
                               output=output, ae_title=ae_title or calling_ae_title(), host=host, forward=forward,
                               series_timeout=series_timeout, allow_ae=list(allow_ae or []),
                               device=check_machine_device(device), spool=spool, retry_interval=forward_retry)

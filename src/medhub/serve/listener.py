@@ -27,7 +27,7 @@ from pynetdicom.sop_class import Verification
 
 from medhub.errors import MedhubError
 from medhub.hub.runtime import RUNNERS
-from medhub.hub.workflow import Workflow
+from medhub.hub.workflow import Workflow, predict_parameters
 from medhub.inputs.dimse import check_ae_title
 from medhub.inputs.push import PUSHED_SUFFIXES
 from medhub.inputs.remote import check_push_url, label, push
@@ -211,7 +211,7 @@ class DicomListener:
         """Load the model once now, so the first series does not pay for it."""
         options = self.options
         started = time.perf_counter()
-        params = options.workflow.params("predict")
+        params = predict_parameters(options.model.card, options.workflow)  # as the predict step will ask
         with RUNNERS.lock(options.model.card.id, options.device):
             RUNNERS.get(options.model, options.device, params)
         self.log(f"model {options.model.card.id} loaded on {options.device} in {time.perf_counter() - started:.1f} s")
