@@ -170,6 +170,12 @@ def test_zip_job_streams_progress_then_done_and_gives_nifti_and_report(live: htt
     final = events[-1][1]
     assert final["status"] == "succeeded", final
     assert final["progress"]["series_done"] == final["progress"]["series_total"] == 1
+    # the one series' steps move the bar: fractions strictly between 0 and 1 before the end, never back
+    fractions = [data["fraction"] for name, data in events if name == "progress"] + [final["progress"]["fraction"]]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    steps = [data for name, data in events if name == "progress" and data["steps_total"]]
+    assert steps and all(0 <= d["steps_done"] <= d["steps_total"] for d in steps)
+    assert "/jobs/" not in json.dumps(final)  # no server folder in what clients see (report input, output, notes)
 
     results = {item["kind"]: item for item in final["results"]}
     assert set(results) == {"nifti", "report"}, final["results"]
@@ -500,3 +506,28 @@ def test_store_recovers_interrupted_jobs_once(tmp_path: Path) -> None:
     assert store.mark_deleted("b" * 32) == JobStatus.QUEUED and store.get("b" * 32) is None
     assert store.claim_next() is None
     store.close()
+
+
+def test_progress_counts_the_steps_of_the_running_series() -> None:
+    """The bar of a one-series job moves with its steps (model_load is not one of the workflow's steps)."""
+    from medhub.serve.jobs import StoreProgress
+
+    class Store:
+        def __init__(self) -> None:
+            self.seen: list[dict[str, Any]] = []
+
+        def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+            self.seen.append(dict(progress))
+
+    store = Store()
+    sink = StoreProgress(store, "j", threading.Event(), threading.Event())  # type: ignore[arg-type]
+    sink.event("selected", chosen=1, rejected=0)
+    sink.event("series_start", key="s", steps=["load", "predict", "write_seg", "write_nifti"])
+    for step in ("load", "model_load", "predict", "write_seg", "write_nifti"):
+        sink.event("step", key="s", step=step)
+        sink.event("step_done", key="s", step=step)
+    sink.event("series_done", key="s", status="succeeded", reason="")
+    fractions = [p["fraction"] for p in store.seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {0.25, 0.5, 0.75} <= set(fractions)  # each finished step of the single series moves the bar
+    assert max(p["steps_done"] for p in store.seen) == 4  # model_load did not count

@@ -1,15 +1,18 @@
 """End to end in a real browser: ``medhub serve`` + headless Chromium (Debian's, driven by Playwright).
 
 Opens the catalog, filters it, uploads the real CT series (20 files, as a folder, the way a user
-picks one in the "try it" form), waits for the job, and checks that the viewer draws the
-segmentation over the image by reading the canvas pixels back; a toggled-off segment must vanish.
-A screenshot of the result page is saved as a test artifact (tests/artifacts/, or
+picks one in the "try it" form), follows the job (the bar moves with the steps of the one
+series), and checks the viewer as a radiologist would, on screenshots: the overlay where the
+body is, orientation letters on every view, the Hounsfield value under the cursor equal to the
+CT's own, a 20-slice stack drawn at its true aspect ratio but never as a thin strip, a toggled
+segment vanishing, and no server folder on any page. Also: "try it" offers RTSTRUCT once, a
+mistyped job address gives a page, a refused upload shows the server's reason, and a zip upload
+links valid SEG and RTSTRUCT downloads. Screenshots go to tests/artifacts/ (or
 $MEDHUB_TEST_ARTIFACTS). Skips with the reason where Chromium or Playwright is absent.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -20,31 +23,28 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from browser_tools import (
+    PLANES,
+    VIEWPORT,
+    canvas_pixels,
+    chromium,
+    coloured,
+    hover,
+    label_at,
+    labelled_extent,
+    pixel_at,
+    require_browser,
+    save_screenshot,
+    screen_of,
+    slice_centroid,
+)
 from conftest import shared_path
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 CT_SERIES = "ct/totalsegmentator_example_ct_dicom"
 PHANTOM = "ct/philips_phantom_head_1mm"
 TOKEN = "browser-test-token"
-ARTIFACTS = Path(os.environ.get("MEDHUB_TEST_ARTIFACTS", Path(__file__).resolve().parent / "artifacts"))
-
-# Counts the pixels of a canvas whose colour is not grey: the CT is drawn in grey (R = G = B), so
-# every such pixel is overlay. Also counts the pixels that are not black (the image itself).
-COUNT_PIXELS = """(id) => {
-  const canvas = document.getElementById(id);
-  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  let coloured = 0, lit = 0;
-  for (let i = 0; i < data.length; i += 4) {
-    const r = data[i], g = data[i + 1], b = data[i + 2];
-    if (Math.max(r, g, b) - Math.min(r, g, b) > 12) coloured++;
-    if (r + g + b > 30) lit++;
-  }
-  return {coloured, lit, width: canvas.width, height: canvas.height};
-}"""
-PLANES = ("axial", "coronal", "sagittal")
 
 
 def _free_port() -> int:
@@ -54,13 +54,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve-browser")
+
+
+@pytest.fixture(scope="module")
+def server(data_root: Path) -> Iterator[str]:
     """A real ``medhub serve`` (uvicorn) on a free port with a fresh data dir and an API token."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="Playwright for Python is absent (pip install playwright)")
+    require_browser()
     pytest.importorskip("fastapi", reason="medhub serve needs fastapi (pip install 'medhub[serve]')")
-    data = tmp_path_factory.mktemp("serve-browser")
+    data = data_root
     port = _free_port()
     log = open(data / "server.log", "w")  # noqa: SIM115 - closed in the teardown below
     # `medhub serve` itself; cli_serve is imported explicitly in case medhub.cli.main does not import it yet.
@@ -97,25 +100,30 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser(server: str) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
+    with chromium() as instance:
+        yield instance
 
 
-def _pixels(page: object) -> dict[str, dict[str, int]]:
-    return {plane: page.evaluate(COUNT_PIXELS, f"{plane}-canvas") for plane in PLANES}
+# Records the try page's bar and status every 40 ms into sessionStorage, which outlives the page's
+# navigation to the result page when the job has finished.
+RECORD_PROGRESS = """() => {
+  const bar = document.getElementById('job-progress'), status = document.getElementById('job-status');
+  const seen = [];
+  setInterval(() => {
+    seen.push([bar.value, status.textContent]);
+    sessionStorage.setItem('progress', JSON.stringify(seen));
+  }, 40);
+}"""
 
 
 @pytest.mark.slow
-def test_catalog_filter_upload_job_and_viewer_overlay(server: str, browser: object, tmp_path: Path) -> None:
-    """The whole user path, in Chromium: catalog → filter → try it → upload a folder → job → viewer."""
+def test_upload_follow_and_read_the_ct_like_a_radiologist(server: str, browser: object, data_root: Path) -> None:
+    """The whole user path on the real 20-slice abdominal CT: catalog → try it → job → viewer."""
+    from medhub.inputs.load import load_series
+    from medhub.inputs.scan import scan
+
     series = shared_path(CT_SERIES)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -136,6 +144,7 @@ def test_catalog_filter_upload_job_and_viewer_overlay(server: str, browser: obje
     assert page.locator("#model").input_value() == "ct-body"
     page.set_input_files("#folder-input", series)
     assert "20 files" in page.locator("#chosen-files").inner_text()
+    page.evaluate(RECORD_PROGRESS)
     page.click("#start")
 
     # The try page follows the job (SSE) and opens the result page when it has finished.
@@ -145,18 +154,63 @@ def test_catalog_filter_upload_job_and_viewer_overlay(server: str, browser: obje
     assert page.locator("#job-state").inner_text() == "succeeded", page.locator("#job-summary").inner_text()
     assert page.evaluate("document.body.dataset.viewer") == "ready", page.locator("#job-error").inner_text()
 
-    # The overlay is drawn: coloured pixels on every plane, over a visible image.
-    shown = _pixels(page)
-    assert shown["axial"]["width"] == 512 and shown["axial"]["height"] == 512
-    for plane, counts in shown.items():
-        assert counts["lit"] > 0.1 * counts["width"] * counts["height"], (plane, counts)
-        assert counts["coloured"] > 100, (plane, counts)
-    assert shown["axial"]["coloured"] > 20_000  # the body fills a good part of an abdominal slice
+    # The bar moved with the steps of the one series: a value strictly between 0 and 1 while it ran.
+    recorded = page.evaluate("() => JSON.parse(sessionStorage.getItem('progress') || '[]')")
+    running = [value for value, status in recorded if status.startswith("running")]
+    assert any(0 < value < 1 for value in running), recorded[-20:]
+    assert running == sorted(running)  # it never goes back
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    screenshot = ARTIFACTS / "serve-browser-viewer.png"
-    page.screenshot(path=str(screenshot), full_page=True)
-    print(f"screenshot: {screenshot}")
+    meta = page.evaluate("() => window.medhubViewer.meta")
+    X, Y, Z = meta["shape"]
+    assert (X, Y, Z) == (512, 512, 20)
+    save_screenshot(page, "serve-browser-viewer.png")
+
+    # Orientation letters on every view.
+    letters = {plane: [page.locator(f'.view[data-plane="{plane}"] .orient-{side}').inner_text()
+                       for side in ("left", "right", "top", "bottom")] for plane in PLANES}
+    assert letters == {"axial": ["R", "L", "A", "P"], "coronal": ["R", "L", "S", "I"],
+                       "sagittal": ["A", "P", "S", "I"]}
+
+    # The overlay is drawn where the body is (pixel probes on screenshots), over a visible image.
+    body_label = next(s["label"] for s in meta["segments"] if s["id"] == "BODY")
+    extent = labelled_extent(page)
+    for axis, position in enumerate(meta["start"]):  # it opens in the middle of the segmented region
+        assert extent[axis][0] <= position <= extent[axis][1]
+        assert abs(position - (extent[axis][0] + extent[axis][1]) / 2) <= 0.1 * (extent[axis][1] - extent[axis][0]) + 1
+    inside = slice_centroid(page, meta["start"][2], body_label)
+    assert inside is not None and label_at(page, inside) == body_label
+    pixels = {plane: canvas_pixels(page, plane) for plane in PLANES}
+    for plane in PLANES:
+        assert coloured(pixels[plane]).sum() > 500, plane
+    row, column = pixel_at(pixels["axial"], screen_of(page, "axial", inside))
+    assert coloured(pixels["axial"][row - 1:row + 2, column - 1:column + 2]).all()  # the body's centre is overlaid
+    assert not coloured(pixels["axial"][2:10, 2:10]).any()  # the corner (air, outside the body) is not
+
+    # A 20-slice stack (40 mm tall, 500 mm wide) keeps its aspect ratio but is never a thin strip.
+    for plane in ("coronal", "sagittal"):
+        tall = np.flatnonzero(pixels[plane].max(axis=(1, 2)) > 30)
+        height = pixels[plane].shape[0]
+        assert tall.size >= 0.38 * height, (plane, tall.size, height)
+        a, b = screen_of(page, plane, (10, 10, 2)), screen_of(page, plane, (10, 10, 12))
+        c = screen_of(page, plane, (20, 20, 2))
+        along_z = abs(a[1] - b[1]) / (10 * meta["spacing"][2])
+        across = abs(c[0] - a[0]) / (10 * meta["spacing"][0 if plane == "coronal" else 1])
+        assert along_z == pytest.approx(across, rel=0.05)  # pixels per mm: equal both ways
+
+    # The value under the cursor is the CT's own, in HU, at the right place in the patient.
+    volume = load_series(scan(series).series[0])
+    inverse = np.linalg.inv(volume.affine_lps)
+    readout = hover(page, "axial", screen_of(page, "axial", inside))
+    reported = (int(readout["x"]), int(readout["y"]), int(readout["z"]))
+    # a CSS pixel is about two voxels of a 512-wide CT in a 330-pixel view: the mouse hits the voxel or its neighbour
+    assert "HU" in readout["text"] and np.abs(np.subtract(reported, inside)).max() <= 1 and reported[2] == inside[2]
+    world = np.array([float(v) for v in readout["world"].split(",")] + [1.0])
+    source = tuple(int(round(v)) for v in (inverse @ world)[:3])
+    assert float(readout["value"]) == pytest.approx(float(volume.array[source]), abs=0.5)
+    assert readout["segment"] == ("Body" if label_at(page, reported) == body_label else "")
+    left = hover(page, "axial", (0.2 * pixels["axial"].shape[1], 0.5 * pixels["axial"].shape[0]))
+    right = hover(page, "axial", (0.8 * pixels["axial"].shape[1], 0.5 * pixels["axial"].shape[0]))
+    assert " R " in f" {left['text']}" and " L " in f" {right['text']}"  # the patient's right is on the left
 
     # Legend, volumes table, downloads.
     legend = page.locator("#legend input[type=checkbox]")
@@ -164,29 +218,55 @@ def test_catalog_filter_upload_job_and_viewer_overlay(server: str, browser: obje
     assert "Body" in page.locator("#legend").inner_text()
     body_ml = page.locator('#volumes tr[data-segment="BODY"] td.num').inner_text()
     assert float(body_ml.replace(",", "")) > 1000
+    assert "Volume = the voxels labelled" in page.locator("#volume-note").inner_text()
+    # ct-body's own body volume counts the lungs and bone inside the body: listed once, with that said
+    assert "including the lungs and bone" in page.locator('#values tr[data-value="body_volume_ml"]').inner_text()
     nifti = page.locator("#downloads li.download-nifti a")
     assert nifti.count() == 1
     response = context.request.get(server + nifti.get_attribute("href"))
     assert response.status == 200 and response.body()[:2] == b"\x1f\x8b"  # a .nii.gz
 
-    # Toggle every segment off: no overlay left. Body back on: it returns.
+    # Toggle every segment off: no overlay left (crosshair off too). Body back on: it returns.
+    page.uncheck("#crosshair")
     for index in range(legend.count()):
         legend.nth(index).uncheck()
-    hidden = _pixels(page)
-    assert all(counts["coloured"] == 0 for counts in hidden.values()), hidden
-    assert hidden["axial"]["lit"] > 0.1 * 512 * 512  # the image itself is still there
-    page.check("#segment-1")
-    again = _pixels(page)
-    assert 0 < again["axial"]["coloured"] <= shown["axial"]["coloured"]
+    assert all(not coloured(canvas_pixels(page, plane)).any() for plane in PLANES)
+    page.check(f"#segment-{body_label}")
+    assert coloured(canvas_pixels(page, "axial")).sum() > 500
 
     # Opacity 0 hides the overlay too; the wheel scrolls the axial view.
     page.locator("#opacity").fill("0")
-    assert _pixels(page)["axial"]["coloured"] == 0
+    assert not coloured(canvas_pixels(page, "axial")).any()
     before = page.locator("#axial-no").inner_text()
     page.locator("#axial-canvas").hover()
     page.mouse.wheel(0, 120)
     page.wait_for_function(f"document.getElementById('axial-no').textContent !== {before!r}")
+
+    # No folder of the server on the page, in the job's JSON or in the viewer's answers.
+    assert str(data_root) not in page.content()
+    job_id = page.url.rsplit("/", 1)[1]
+    job = context.request.get(f"{server}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}"}).text()
+    assert str(data_root) not in job and "/jobs/" not in job
     assert errors == [], errors
+    context.close()
+
+
+@pytest.mark.slow
+def test_try_offers_rtstruct_once_and_a_mistyped_job_address_is_a_page(server: str, browser: object) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{server}/try?model=ct-body&token={TOKEN}")
+    assert page.locator("#opt-rtstruct").is_visible() and page.locator("#opt-rtstruct-note").is_hidden()
+    page.select_option("#workflow", "rtstruct")  # this workflow writes one: no second offer
+    assert page.locator("#opt-rtstruct").is_hidden() and page.locator("#opt-rtstruct-note").is_visible()
+    page.select_option("#model", "ct-fm-astra")  # an embedding: nothing to contour
+    assert page.locator("#opt-rtstruct").is_hidden() and page.locator("#opt-labelmap").is_hidden()
+
+    for wrong in ("0123", "f" * 32):
+        response = page.goto(f"{server}/jobs/{wrong}")
+        assert response.status == 404
+        assert page.locator("h1").inner_text() == "Job not found"
+        assert "detail" not in page.content() and "pattern" not in page.content()
     context.close()
 
 
@@ -247,5 +327,5 @@ def test_zip_upload_with_rtstruct_offers_seg_and_rtstruct_downloads(
         info.value.save_as(saved)
         assert saved.read_bytes()[128:132] == b"DICM"
         assert_valid_dicom(saved)
-    assert page.locator("#axial-canvas").evaluate("c => c.width") == 512
+    assert page.evaluate("() => window.medhubViewer.meta.shape")[:2] == [512, 512]
     context.close()

@@ -46,6 +46,9 @@ class Progress(BaseModel):
     series_total: int
     step: str | None
     series: str | None
+    steps_done: int = Field(0, description="finished workflow steps of the running series")
+    steps_total: int = Field(0, description="workflow steps of the running series")
+    fraction: float = Field(0.0, description="0..1: finished series plus the finished steps of the running one")
 
 
 class ResultFile(BaseModel):

@@ -158,6 +158,19 @@ def list_results(output_dir: Path) -> list[dict[str, Any]]:
     return results
 
 
+def redact(value: Any, prefixes: list[str]) -> Any:
+    """``value`` (JSON-like) with every prefix removed from every string in it, longest first."""
+    if isinstance(value, str):
+        for prefix in sorted(prefixes, key=len, reverse=True):
+            value = value.replace(prefix, "")
+        return value
+    if isinstance(value, list):
+        return [redact(item, prefixes) for item in value]
+    if isinstance(value, dict):
+        return {key: redact(item, prefixes) for key, item in value.items()}
+    return value
+
+
 def iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
@@ -189,6 +202,8 @@ class StoreProgress:
         self.cancelled, self.stopping = cancelled, stopping
         self.progress = empty_progress()
         self._last_write = 0.0
+        self._planned: list[str] = []  # the running series' steps (series_start), so the bar moves within a series
+        self._finished: set[str] = set()
 
     def event(self, kind: str, **data: Any) -> None:
         if self.cancelled.is_set() or self.stopping.is_set():
@@ -204,15 +219,25 @@ class StoreProgress:
             p["series_total"] = int(data.get("chosen", 0))
         elif kind == "series_start":
             p["series"], p["step"] = str(data.get("key", "")), None
+            self._planned, self._finished = [str(step) for step in data.get("steps") or []], set()
         elif kind == "step":
             p["step"] = str(data.get("step"))
+        elif kind == "step_done":
+            if str(data.get("step")) not in self._planned:
+                return  # e.g. model_load: not one of the workflow's steps
+            self._finished.add(str(data.get("step")))
         elif kind == "series_done":
             p["series_done"] += 1
             p["series"] = str(data.get("key", "")) or p["series"]
+            self._planned, self._finished = [], set()
         elif kind == "run_done":
             p["step"] = None
         else:
             return
+        p["steps_total"], p["steps_done"] = len(self._planned), len(self._finished)
+        within = p["steps_done"] / p["steps_total"] if p["steps_total"] else 0.0
+        total = p["series_total"]
+        p["fraction"] = round(min(1.0, (p["series_done"] + within) / total), 4) if total else 0.0
         self._last_write = time.monotonic()
         self.store.set_progress(self.job_id, p)
 
@@ -339,15 +364,25 @@ class JobService:
             "created": iso(job.created),
             "started": iso(job.started),
             "finished": iso(job.finished),
-            "error": job.error,
+            "error": self.without_paths(job.error, job.id),
             "progress": job.progress,
             "options": job.options,
             "input": job.input_summary,
             "attempts": job.attempts,
-            "notes": job.notes,
-            "report": read_report(output) if details and finished else None,
+            "notes": self.without_paths(job.notes, job.id),
+            "report": self.without_paths(read_report(output), job.id) if details and finished else None,
             "results": list_results(output) if finished else [],
         }
+
+    def without_paths(self, value: Any, job_id: str) -> Any:
+        """``value`` with the server's folders taken out of every string: ``/srv/medhub/jobs/<id>/input/x.dcm``
+        becomes ``input/x.dcm``. Clients (and the pages) see paths inside the job, never the server's layout."""
+        prefixes = []
+        for root in (self.settings.job_dir(job_id), self.settings.data_dir):
+            for form in {str(root), str(Path(root).resolve())}:
+                prefixes.append(form.rstrip("/") + "/")
+                prefixes.append(form.rstrip("/"))
+        return redact(value, prefixes)
 
     # -- workers --------------------------------------------------------------------------------
     def _loop(self) -> None:

@@ -41,7 +41,9 @@ INTERRUPTED = "interrupted by a server restart"
 
 
 def empty_progress() -> dict[str, Any]:
-    return {"series_done": 0, "series_total": 0, "step": None, "series": None}
+    """``fraction`` (0..1) counts finished series plus the finished steps of the running one."""
+    return {"series_done": 0, "series_total": 0, "step": None, "series": None, "steps_done": 0, "steps_total": 0,
+            "fraction": 0.0}
 
 
 @dataclass

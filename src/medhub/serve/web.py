@@ -157,7 +157,10 @@ def try_page(request: Request, model: str = "") -> HTMLResponse:
     """The upload form: pick a model and a workflow, give files, start, watch progress."""
     entries = _catalog()
     models = [{"id": e.card.id, "title": e.card.title, "modality": e.card.modality,
-               "workflows": sorted(e.workflows, key=lambda name: (name != "default", name))} for e in entries]
+               "workflows": sorted(e.workflows, key=lambda name: (name != "default", name)),
+               "segments": bool(e.card.outputs.segments),
+               "writes_rtstruct": [w["name"] for w in _workflows(e) if "write_rtstruct" in w["steps"].split(", ")]}
+              for e in entries]
     settings = getattr(request.app.state, "settings", None)
     limit_mb = int(getattr(settings, "max_upload_bytes", 0) / 1024 / 1024) if settings else 0
     return _page(request, "try.html", models=models, chosen=model, limit_mb=limit_mb,
@@ -191,9 +194,15 @@ def _viewer(request: Request, job_id: str, series: str) -> viewer_data.ViewerFil
             return viewer_data.viewer_files(results.folders(job_id), series)
         return viewer_data.viewer_files(Path(_settings(request).data_dir) / "jobs" / job_id, series)
     except viewer_data.ViewerNotFound as error:
-        raise HTTPException(status_code=404, detail=str(error)) from None
+        raise HTTPException(status_code=404, detail=_without_paths(request, job_id, str(error))) from None
     except MedhubError as error:
-        raise HTTPException(status_code=422, detail=str(error)) from None
+        raise HTTPException(status_code=422, detail=_without_paths(request, job_id, str(error))) from None
+
+
+def _without_paths(request: Request, job_id: str, message: str) -> str:
+    """The message without the server's folders (see :meth:`medhub.serve.jobs.JobService.without_paths`)."""
+    service = getattr(request.app.state, "jobs", None)
+    return service.without_paths(message, job_id) if service is not None else message
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {

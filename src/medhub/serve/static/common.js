@@ -109,13 +109,19 @@ const medhub = (() => {
     }
     return node;
   }
+  /** 0..1 done: finished series plus the finished steps of the running one (older servers: series only). */
+  function fraction(p) {
+    if (typeof p.fraction === "number") return p.fraction;
+    return p.series_total ? (p.series_done || 0) / p.series_total : 0;
+  }
   function describeProgress(p, status) {
     const parts = [];
     if (status) parts.push(status);
     if (p.series_total) parts.push(`series ${p.series_done || 0} of ${p.series_total}`);
+    if (p.steps_total) parts.push(`step ${Math.min(p.steps_done + 1, p.steps_total)} of ${p.steps_total}`);
     if (p.step) parts.push(`step: ${p.step}`);
     if (p.series) parts.push(String(p.series));
     return parts.join(" · ");
   }
-  return {token, setToken, headers, withToken, api, bytes, follow, el, describeProgress, ApiError};
+  return {token, setToken, headers, withToken, api, bytes, follow, el, describeProgress, fraction, ApiError};
 })();

@@ -64,16 +64,39 @@
     }
   }
 
+  /** One volume per segment (labelled voxels x voxel volume), and the model's own values with what each one is.
+   *  A model value equal to a segment's volume is not listed twice: the segment's row says the model agrees. */
   function renderTables(meta, series) {
+    const entry = reportEntry(series);
+    const reported = Object.entries((entry && entry.values) || {});
+    const described = Object.fromEntries((meta.model_values || []).map(v => [v.name, v]));
+    const same = {};  // segment id -> the model value that is the same volume
+    for (const [name, value] of reported) {
+      const unit = (described[name] || {}).unit || (name.endsWith("_ml") ? "ml" : "");
+      if (unit !== "ml" || typeof value !== "number") continue;
+      const match = meta.segments.find(s => !same[s.id] && Math.abs(s.volume_ml - value) <= Math.max(0.05, 0.001 * value));
+      if (match) same[match.id] = name;
+    }
+    const ml = v => v.toLocaleString(undefined, {minimumFractionDigits: 1, maximumFractionDigits: 1});
     const body = $("volumes").querySelector("tbody");
     body.replaceChildren(...meta.segments.map(s => el("tr", {"data-segment": s.id},
       el("td", {}, el("span", {class: "swatch", style: `background: rgb(${s.color.join(",")})`})),
-      el("td", {}, s.name), el("td", {}, String(s.label)),
-      el("td", {class: "num"}, s.volume_ml.toLocaleString(undefined, {minimumFractionDigits: 1, maximumFractionDigits: 1})))));
-    const entry = reportEntry(series);
+      el("td", {}, s.name, same[s.id] && s.voxels ? el("small", {class: "agrees"}, ` (the model reports the same: ${same[s.id]})`) : null),
+      el("td", {}, String(s.label)),
+      el("td", {class: "num"}, ml(s.volume_ml)))));
+    const [sx, sy, sz] = meta.spacing;
+    const voxel = meta.subsample > 1 ? "the image's own voxels" : `${sx.toFixed(2)} × ${sy.toFixed(2)} × ${sz.toFixed(2)} mm voxels`;
+    $("volume-note").textContent = `Volume = the voxels labelled with the segment × the voxel volume, counted on ${voxel} ` +
+      "(the grid of the series, not the model's internal one).";
+    const listed = reported.filter(([name]) => !Object.values(same).includes(name));
+    $("values-section").hidden = !listed.length;
     const values = $("values").querySelector("tbody");
-    values.replaceChildren(...Object.entries((entry && entry.values) || {}).map(([k, v]) =>
-      el("tr", {}, el("td", {}, el("code", {}, k)), el("td", {class: "num"}, typeof v === "number" ? v.toLocaleString() : JSON.stringify(v)))));
+    values.replaceChildren(...listed.map(([name, value]) => {
+      const info = described[name] || {};
+      const shown = typeof value === "number" ? value.toLocaleString() + (info.unit ? " " + info.unit : "") : JSON.stringify(value);
+      return el("tr", {"data-value": name}, el("td", {}, el("code", {}, name)), el("td", {class: "num"}, shown),
+                el("td", {class: "note-cell"}, info.description || ""));
+    }));
     const notes = $("notes");
     notes.replaceChildren(...((entry && [...(entry.findings || []), ...(entry.notes || [])]) || []).map(n => el("p", {class: "note"}, n)));
     if (meta.subsample > 1) notes.append(el("p", {class: "note"}, `The viewer shows every ${meta.subsample}th voxel in-plane; volumes are computed at full resolution.`));
@@ -141,7 +164,7 @@
       const bar = $("job-progress");
       bar.hidden = false;
       job = await medhub.follow(jobId, (p, status) => {
-        if (p.series_total) bar.value = (p.series_done || 0) / p.series_total;
+        if (p.series_total) bar.value = medhub.fraction(p);
         $("job-summary").textContent = medhub.describeProgress(p, status || "running");
         setState(status || "running");
       });

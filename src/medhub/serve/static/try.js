@@ -23,8 +23,21 @@
   function fillWorkflows() {
     const model = models.find(m => m.id === modelSelect.value);
     workflowSelect.replaceChildren(...(model ? model.workflows : ["default"]).map(w => medhub.el("option", {value: w}, w)));
+    fitOptions();
+  }
+  /** RTSTRUCT is offered once: not as a checkbox when the chosen workflow writes one, not at all without segments. */
+  function fitOptions() {
+    const model = models.find(m => m.id === modelSelect.value) || {segments: true, writes_rtstruct: []};
+    const byWorkflow = model.writes_rtstruct.includes(workflowSelect.value);
+    const box = document.getElementById("opt-rtstruct");
+    document.getElementById("opt-rtstruct-label").hidden = byWorkflow || !model.segments;
+    document.getElementById("opt-rtstruct-note").hidden = !byWorkflow;
+    document.getElementById("opt-labelmap-label").hidden = !model.segments;
+    if (byWorkflow || !model.segments) box.checked = false;
+    if (!model.segments) document.getElementById("opt-labelmap").checked = false;
   }
   modelSelect.addEventListener("change", fillWorkflows);
+  workflowSelect.addEventListener("change", fitOptions);
   fillWorkflows();
 
   function describe(list) {
@@ -98,7 +111,7 @@
       bar.value = 0;
       statusText.textContent = medhub.describeProgress(job.progress || {}, job.status);
       const final = await medhub.follow(job.id, (p, status) => {
-        if (p.series_total) bar.value = (p.series_done || 0) / p.series_total;
+        if (p.series_total) bar.value = medhub.fraction(p);
         statusText.textContent = medhub.describeProgress(p, status || "running");
       });
       bar.value = 1;
