@@ -1,12 +1,22 @@
-"""Cohort benchmark (issue 5): series per minute in-process vs a Dask LocalCluster of 1 and 2
-workers, and scan throughput over many small files against the pydicom header-read floor.
+"""Cohort benchmark (issues 5 and 14): series per minute in-process vs a Dask LocalCluster, and scan
+throughput over many small files against the pydicom header-read floor.
 
-    python bench/cohort.py [--series 200] [--files 100000] [--work DIR] [--skip-scan] [--skip-cohort]
+    python bench/cohort.py [--series 200] [--files 100000] [--real 20] [--work DIR]
+                           [--skip-scan] [--skip-cohort] [--skip-real]
 
-Data are synthetic and made on first use under --work (default /tmp/medhub-bench-cohort): small CT
-series (10 slices of 64x64, a body-like ellipse with lungs and bone so ct-body has work to do) and,
-for the scan, tiny single-slice files. Every case runs as a whole process (``medhub run`` or a
-scan script), so start-up costs count as they do for a user. Timings are wall-clock medians.
+Three parts:
+
+* a cohort of ``--series`` tiny synthetic CT series (10 slices of 64x64, a body-like ellipse with
+  lungs and bone so ct-body has work to do), in-process vs LocalCluster(1) and (2);
+* ``--real`` real-size series: the 140-slice Philips head CT of ``../shared/data`` copied N times,
+  each copy with new Study, Series, Frame of Reference and SOP Instance UIDs, in-process vs
+  LocalCluster(2) -- the scaling a cohort of real series gets on this machine;
+* ``--files`` tiny single-slice files for the scan.
+
+Data are made on first use under --work (default /tmp/medhub-bench-cohort), outside the repository.
+Every case runs as a whole process (``medhub run`` or a scan script), so start-up costs count as they
+do for a user. Timings are medians; CPU is user + sys of the process and its children (Dask's
+worker processes included), from ``wait4``; the 1-minute load average is printed beside each round.
 """
 
 from __future__ import annotations
@@ -91,6 +101,79 @@ def timed(command: list[str]) -> tuple[float, int]:
     return time.perf_counter() - started, code
 
 
+def measured(command: list[str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + sys of the process tree, from wait4) and the exit code."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    return time.perf_counter() - started, usage.ru_utime + usage.ru_stime, os.waitstatus_to_exitcode(status)
+
+
+REAL_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct" / "philips_phantom_head_1mm"
+
+
+def make_real_cohort(folder: Path, copies: int, source: Path = REAL_SOURCE) -> int:
+    """``copies`` copies of a real series in one flat folder, each with its own UIDs; returns the slices per copy.
+
+    The pixel data and every other attribute are the source's; Study, Series, Frame of Reference and
+    SOP Instance UIDs are new per copy (SOP Instance UIDs per file), so each copy is its own series.
+    """
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    files = sorted(p for p in source.iterdir() if p.is_file())
+    marker = folder / f".complete-{copies}x{len(files)}"
+    if marker.exists():
+        return len(files)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    datasets = [pydicom.dcmread(p) for p in files]
+    for index in range(copies):
+        study, series, frame = generate_uid(), generate_uid(), generate_uid()
+        for number, dataset in enumerate(datasets):
+            dataset.StudyInstanceUID, dataset.SeriesInstanceUID, dataset.FrameOfReferenceUID = study, series, frame
+            dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            dataset.save_as(folder / f"c{index:03d}_{number:04d}.dcm")
+    marker.touch()
+    return len(files)
+
+
+def real_cohort(args) -> None:
+    """Real-size series with ct-body: in-process vs LocalCluster(2), scaling and CPU."""
+    if not REAL_SOURCE.is_dir():
+        print(f"\nreal-size cohort skipped: {REAL_SOURCE} is absent")
+        return
+    folder = args.work / f"real{args.real}"
+    started = time.perf_counter()
+    slices = make_real_cohort(folder, args.real)
+    print(f"\nreal-size cohort: {args.real} copies of the {slices}-slice Philips head CT "
+          f"({args.real * slices} files; {time.perf_counter() - started:.1f} s to make)")
+    base = [sys.executable, "-m", "medhub", "run", "ct-body", "--input", str(folder), "--json-progress"]
+    cases = {"in-process": [], "LocalCluster 2 workers": ["--workers", "2"]}
+    rows: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
+    for round_number in range(args.rounds):
+        for name, extra in (list(cases.items()) if round_number % 2 == 0 else list(cases.items())[::-1]):
+            out = args.work / "out-real"
+            shutil.rmtree(out, ignore_errors=True)
+            load = os.getloadavg()[0]
+            wall, cpu, code = measured([*base, "--output", str(out), *extra])
+            report = json.loads((out / "medhub-report.json").read_text())
+            ok = sum(1 for e in report["series"] if e["status"] == "succeeded")
+            if ok != args.real or code != 0:
+                raise SystemExit(f"{name}: {ok} of {args.real} series succeeded (exit {code})")
+            rows[name].append((wall, cpu))
+            print(f"  round {round_number + 1} {name}: {wall:.1f} s wall, {cpu:.1f} s CPU (load {load:.1f})",
+                  flush=True)
+    print(f"{'case':<26}{'median s':>10}{'CPU s':>8}{'series/min':>12}{'vs in-process':>15}")
+    reference = statistics.median(w for w, _ in rows["in-process"])
+    for name, values in rows.items():
+        wall = statistics.median(w for w, _ in values)
+        cpu = statistics.median(c for _, c in values)
+        print(f"{name:<26}{wall:>10.1f}{cpu:>8.1f}{args.real / wall * 60:>12.1f}{reference / wall:>14.2f}x")
+    two = statistics.median(w for w, _ in rows["LocalCluster 2 workers"])
+    print(f"scaling in-process -> 2 workers: {reference / two:.2f}x (ideal 2.0x on 2 idle cores)")
+
+
 SCAN_MEDHUB = """
 import resource, sys, time
 from pathlib import Path
@@ -127,8 +210,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/medhub-bench-cohort"))
     parser.add_argument("--skip-scan", action="store_true")
     parser.add_argument("--skip-cohort", action="store_true")
+    parser.add_argument("--real", type=int, default=20, help="copies of the real 140-slice CT (0: skip)")
+    parser.add_argument("--skip-real", action="store_true")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+
+    if args.real and not args.skip_real:
+        real_cohort(args)
 
     if not args.skip_cohort:
         cohort = args.work / f"cohort{args.series}"

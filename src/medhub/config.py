@@ -49,7 +49,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(WEIGHTS_MIRROR, "unset",
              "an offline mirror of weights: a folder or an http(s):// URL, searched before the upstream URL"),
     Variable(CACHE, "`$XDG_CACHE_HOME/medhub` or `~/.cache/medhub`",
-             "the cache of embeddings (in its `embeddings/` folder)"),
+             "the cache of embeddings (in its `embeddings/` folder) and of the catalog's listing"),
     Variable(ENVS, "`~/.cache/medhub/envs`", "where the own environments (venvs) of isolated models are built"),
     Variable(ISOLATION, "`auto`",
              "`auto`: run a model in its own venv when its requirements are not met here; `always`; `never`"),
@@ -81,6 +81,7 @@ class Settings:
 
     weights_cache: Path
     weights_mirror: str | None
+    cache: Path
     embeddings_cache: Path
     envs: Path
     isolation: Isolation
@@ -112,6 +113,7 @@ def settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         weights_cache=(Path(weights).expanduser() if weights else cache_home / "medhub" / "weights").resolve(),
         weights_mirror=text(WEIGHTS_MIRROR),
+        cache=(Path(cache).expanduser() if cache else cache_home / "medhub").resolve(),
         embeddings_cache=(Path(cache).expanduser() if cache else cache_home / "medhub").resolve() / "embeddings",
         envs=Path(text(ENVS) or home / ".cache" / "medhub" / "envs").expanduser(),
         isolation=_isolation(text(ISOLATION)),

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from medhub.cli.app import DebugOption, JsonOption, app, console, user_errors
+from medhub.cli.app import DebugOption, JsonOption, app, console, new_table, user_errors
 
 
 @app.command()
@@ -26,7 +25,7 @@ def doctor(
     if json_output:
         console.print_json(json.dumps(diagnosis, default=str))
         return
-    table = Table(title=f"{path}: {len(diagnosis['series'])} series")
+    table = new_table(f"{path}: {len(diagnosis['series'])} series")
     for column in ("series", "modality", "description", "images", "status", "findings"):
         table.add_column(column)
     for item in diagnosis["series"]:

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from medhub.cli.app import DebugOption, JsonOption, app, console, user_errors
+from medhub.cli.app import DebugOption, JsonOption, app, console, new_table, user_errors
 
 heads_app = typer.Typer(
     help="Few-shot heads: train a small classifier on an encoder's embeddings from a labels.csv, list, evaluate.",
@@ -75,7 +74,7 @@ def list_heads(json_output: JsonOption = False, debug: DebugOption = False) -> N
     if json_output:
         console.print_json(json.dumps(rows))
         return
-    table = Table(title=f"heads in {heads_root()} ({len(rows)})")
+    table = new_table(f"heads in {heads_root()} ({len(rows)})")
     for column in ("head", "version", "encoder", "classifier", "classes", "cases", "CV AUC", "CV bal. acc."):
         table.add_column(column)
     for row in rows:

@@ -12,26 +12,36 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from medhub.cli.app import EXIT_SOME_FAILED, DebugOption, JsonOption, app, console, user_errors
+from medhub.cli.app import EXIT_SOME_FAILED, DebugOption, JsonOption, app, console, new_table, user_errors
 from medhub.errors import MedhubError
 
 
-def _warn_catalog_problems() -> None:
-    """A broken third-party card must not hide silently, nor break the listing of the others."""
-    from medhub.hub.catalog import catalog_problems
+def _listing() -> Any:
+    """The catalog as plain data: the cached listing when nothing it was made of changed, else built and cached.
 
-    for problem in catalog_problems():
+    See :mod:`medhub.hub.listing`: a cache hit answers without importing pydantic, PyYAML or pydicom.
+    """
+    from medhub.hub.listing import load_listing, save_listing
+
+    listing = load_listing()
+    if listing is None:
+        from medhub.hub.catalog import build_listing
+
+        listing, paths = build_listing()
+        if paths is not None:
+            save_listing(listing, paths)
+    return listing
+
+
+def _warn_catalog_problems(problems: list[str]) -> None:
+    """A broken third-party card must not hide silently, nor break the listing of the others."""
+    for problem in problems:
         typer.echo(f"medhub: warning: {problem}", err=True)
 
 
-def _summary_row(card: Any) -> dict[str, Any]:
-    return {
-        "id": card.id, "version": card.version, "title": card.title, "task": card.task,
-        "outputs": card.outputs.kinds, "modality": card.modality, "body_part": card.body_part,
-        "training_type": card.training_type, "licence": card.licence.model_dump(), "devices": card.devices,
-    }
+_SUMMARY_KEYS = ("id", "version", "title", "task", "outputs", "modality", "body_part", "training_type", "licence",
+                 "devices")  # fmt: skip
 
 
 @app.command()
@@ -45,54 +55,40 @@ def models(
     debug: DebugOption = False,
 ) -> None:
     """List the models in the catalog (built-in and installed packages), optionally filtered."""
-    from medhub.hub.catalog import list_entries, matches
+    from medhub.hub.listing import matches_summary
 
-    entries = [e for e in list_entries() if matches(e.card, modality=modality, body_part=body_part, task=task)]
-    _warn_catalog_problems()
+    listing = _listing()
+    entries = [e for e in listing.entries
+               if matches_summary(e["summary"], modality=modality, body_part=body_part, task=task)]  # fmt: skip
+    _warn_catalog_problems(listing.problems)
     if json_output:
-        console.print_json(json.dumps([{**_summary_row(e.card), "origin": e.origin} for e in entries]))
+        rows = [{**{k: e["summary"][k] for k in _SUMMARY_KEYS}, "origin": e["origin"]} for e in entries]
+        console.print_json(json.dumps(rows))
         return
-    table = Table(title=f"medhub models ({len(entries)})")
+    table = new_table(f"medhub models ({len(entries)})")
     table.add_column("model", no_wrap=True)
     for column in ("version", "modality", "body part", "outputs", "licence (code / weights)", "title"):
         table.add_column(column)
     for entry in entries:
-        card = entry.card
-        table.add_row(card.id, card.version, ", ".join(card.modality), card.body_part,
-                      ", ".join(card.outputs.kinds) or card.task, f"{card.licence.code} / {card.licence.weights}",
-                      card.title)
+        card = entry["summary"]
+        table.add_row(card["id"], card["version"], ", ".join(card["modality"]), card["body_part"],
+                      ", ".join(card["outputs"]) or card["task"],
+                      f"{card['licence']['code']} / {card['licence']['weights']}", card["title"])
     console.print(table)
 
 
-def model_info(entry: Any) -> dict[str, Any]:
+def model_info(entry: dict[str, Any]) -> dict[str, Any]:
     """Everything ``medhub info`` shows: the card plus resolved segment codes, weights, workflows, run command."""
-    from medhub.hub.catalog import weights_status
-    from medhub.segdb import load_segment_database
+    from medhub.hub.listing import weight_states
 
-    card = entry.card
-    database = load_segment_database()
-    segments = []
-    for value, segment_id in sorted(card.outputs.segments.items()):
-        spec = database.get(segment_id)
-        item: dict[str, Any] = {"label": value, "id": segment_id}
-        if spec is None:
-            item["error"] = "not in the segment database"
-        else:
-            item["name"] = spec.name
-            for part in ("category", "type", "modifier"):
-                code = getattr(spec, part)
-                item[part] = None if code is None else {"value": code.value, "scheme": code.scheme,
-                                                        "meaning": code.meaning}
-        segments.append(item)
     return {
-        "card": card.model_dump(mode="json"),
-        "origin": entry.origin,
-        "path": str(entry.path),
-        "segments": segments,
-        "workflows": sorted(entry.workflows),
-        "weights": [{"name": w.name, "state": w.state, "path": str(w.path) if w.path else None, "source": w.detail}
-                    for w in weights_status(entry)],
-        "run": f"medhub run {card.id} --input DICOM_FOLDER --output OUT",
+        "card": entry["card"],
+        "origin": entry["origin"],
+        "path": entry["path"],
+        "segments": entry["segments"],
+        "workflows": entry["workflows"],
+        "weights": weight_states(entry),
+        "run": f"medhub run {entry['id']} --input DICOM_FOLDER --output OUT",
     }
 
 
@@ -104,28 +100,26 @@ def info(
     debug: DebugOption = False,
 ) -> None:
     """Show a model's card: inputs, outputs with segment codes, citation, licences, weights, run command."""
-    from medhub.hub.catalog import get_model
-
-    entry = get_model(model)
+    entry = _listing().find(model)
     data = model_info(entry)
     if json_output:
         console.print_json(json.dumps(data))
         return
-    card = entry.card
+    card = data["card"]
     say = _plain
-    console.print(f"[bold]{card.id}[/bold] {card.version}: {card.title}", highlight=False)
-    say(card.description)
-    say(f"task: {card.task}; modality: {', '.join(card.modality)}; body part: {card.body_part}; "
-        f"from: {entry.origin} ({entry.path})")
-    for spec in card.inputs:
-        rules = [f"{k}={v}" for k, v in (("min_slices", spec.min_slices), ("max_slices", spec.max_slices),
-                                         ("max_slice_thickness_mm", spec.max_slice_thickness_mm)) if v is not None]
-        extras = [x for x in (spec.contrast and f"contrast: {spec.contrast}",
-                              spec.slice_thickness and f"slice thickness: {spec.slice_thickness}") if x]
-        label = f"input {spec.label}" if spec.label else "input"
-        say(f"{label}: {spec.query} {' '.join(rules)} {'; '.join(extras)} {spec.description}")
+    console.print(f"[bold]{card['id']}[/bold] {card['version']}: {card['title']}", highlight=False)
+    say(card["description"])
+    say(f"task: {card['task']}; modality: {', '.join(card['modality'])}; body part: {card['body_part']}; "
+        f"from: {data['origin']} ({data['path']})")
+    for spec in card["inputs"]:
+        rules = [f"{k}={spec[k]}" for k in ("min_slices", "max_slices", "max_slice_thickness_mm")
+                 if spec.get(k) is not None]  # fmt: skip
+        extras = [x for x in (spec.get("contrast") and f"contrast: {spec['contrast']}",
+                              spec.get("slice_thickness") and f"slice thickness: {spec['slice_thickness']}") if x]
+        label = f"input {spec['label']}" if spec.get("label") else "input"
+        say(f"{label}: {spec['query']} {' '.join(rules)} {'; '.join(extras)} {spec.get('description', '')}")
     if data["segments"]:
-        table = Table(title="segments")
+        table = new_table("segments")
         for column in ("label", "id", "name", "category (SCT)", "type (SCT)", "modifier"):
             table.add_column(column)
         for item in data["segments"]:
@@ -136,22 +130,25 @@ def info(
             table.add_row(str(item["label"]), item["id"], item["name"], code(**item["category"]),
                           code(**item["type"]), code(**item["modifier"]) if item["modifier"] else "")
         console.print(table)
-    for value in card.outputs.values:
-        say(f"value: {value.name} ({value.type}{', ' + value.unit if value.unit else ''}) {value.description}")
-    for classification in card.outputs.classifications:
-        say(f"classification: {classification.name}: {', '.join(classification.classes)}")
-    say(f"architecture: {card.architecture}; training: {card.training_type}")
-    for label, sets in (("training data", card.training_data), ("evaluation data", card.evaluation_data)):
+    outputs = card["outputs"]
+    for value in outputs.get("values", []):
+        unit = ", " + value["unit"] if value.get("unit") else ""
+        say(f"value: {value['name']} ({value['type']}{unit}) {value.get('description', '')}")
+    for classification in outputs.get("classifications", []):
+        say(f"classification: {classification['name']}: {', '.join(classification['classes'])}")
+    say(f"architecture: {card['architecture']}; training: {card['training_type']}")
+    for label, sets in (("training data", card.get("training_data")), ("evaluation data", card.get("evaluation_data"))):
         if sets:
-            say(f"{label}: " + "; ".join(d.name + (f" ({d.cases} cases)" if d.cases else "") for d in sets))
-    say(f"citation: {card.citation}")
-    for publication in card.publications:
-        say(f"publication: {publication.title + ' ' if publication.title else ''}{publication.uri}")
-    say(f"licence: code {card.licence.code}, weights {card.licence.weights}; source: {card.source}")
-    if card.requirements:
-        say(f"requirements: {', '.join(card.requirements)}")
-    memory = f"; memory: {card.memory.ram_gb:g} GB RAM" if card.memory else ""
-    say(f"devices: {', '.join(card.devices)}{memory}")
+            say(f"{label}: " + "; ".join(d["name"] + (f" ({d['cases']} cases)" if d.get("cases") else "")
+                                         for d in sets))
+    say(f"citation: {card['citation']}")
+    for publication in card.get("publications", []):
+        say(f"publication: {publication['title'] + ' ' if publication.get('title') else ''}{publication['uri']}")
+    say(f"licence: code {card['licence']['code']}, weights {card['licence']['weights']}; source: {card['source']}")
+    if card.get("requirements"):
+        say(f"requirements: {', '.join(card['requirements'])}")
+    memory = f"; memory: {card['memory']['ram_gb']:g} GB RAM" if card.get("memory") else ""
+    say(f"devices: {', '.join(card['devices'])}{memory}")
     for weight in data["weights"]:
         say(f"weights: {weight['name']}: {weight['state']} {weight['path'] or weight['source']}")
     say(f"workflows: {', '.join(data['workflows'])}")

@@ -10,9 +10,8 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from medhub.cli.app import DebugOption, JsonOption, app, console, user_errors
+from medhub.cli.app import DebugOption, JsonOption, app, console, new_table, user_errors
 from medhub.errors import MedhubError
 
 idc_app = typer.Typer(
@@ -47,7 +46,7 @@ def search(
         return
     if not found:
         raise MedhubError(f"no series in IDC's index {index.version} matches these filters")
-    table = Table(title=f"IDC series ({len(found)}{'+' if len(found) == limit else ''}), index {index.version}")
+    table = new_table(f"IDC series ({len(found)}{'+' if len(found) == limit else ''}), index {index.version}")
     for column in ("series", "collection", "patient", "modality", "body part", "instances", "size", "licence"):
         table.add_column(column, no_wrap=column == "series")
     for item in found:

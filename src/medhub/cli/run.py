@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from medhub.cli.app import EXIT_SOME_FAILED, DebugOption, app, console, user_errors
+from medhub.cli.app import EXIT_SOME_FAILED, DebugOption, app, console, new_table, user_errors
 from medhub.errors import MedhubError
 
 
@@ -180,7 +179,7 @@ def _push(report: Any, output: Path, url: str) -> None:
 
 def print_run_summary(report: Any) -> None:
     """A table of every series: status, reason, outputs."""
-    table = Table(title=f"medhub {report.model} {report.model_version} ({report.workflow})")
+    table = new_table(f"medhub {report.model} {report.model_version} ({report.workflow})")
     for column in ("series", "modality", "images", "status", "reason / outputs"):
         table.add_column(column)
     for entry in report.series:

@@ -40,6 +40,11 @@ def head_entry(folder: Path) -> HeadEntry:
                      origin=base.origin)
 
 
+def watched_paths() -> list[Path]:
+    """The folder heads are read from (a head added or removed changes it), for the catalog's cached listing."""
+    return [heads_root()]
+
+
 def head_entries(problems: list[str] | None = None, root: Path | None = None) -> list[ModelEntry]:
     """Catalog entries of every head under the heads root; broken folders go to ``problems``."""
     folder_root = root or heads_root()
@@ -59,3 +64,6 @@ def head_entries(problems: list[str] | None = None, root: Path | None = None) ->
             if problems is not None:
                 problems.append(str(exc))
     return entries
+
+
+head_entries.watched_paths = watched_paths  # type: ignore[attr-defined]  # see medhub.hub.catalog._source_entries

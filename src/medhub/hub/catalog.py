@@ -19,14 +19,19 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, distribution, entry_points
+from importlib import resources
+from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from medhub.errors import MedhubError
 from medhub.hub.card import ModelCard, WeightsSpec, load_card
+from medhub.hub.listing import Listing, matches_summary
 from medhub.hub.runner import ModelRunner
+from medhub.hub.weight_store import installed_file
 from medhub.hub.weights import cached_path, ensure_weights, is_cached, sha256_file
+from medhub.segdb import load_segment_database
 
 BUILTIN_ROOT = Path(__file__).resolve().parents[1] / "models"
 ENTRY_POINT_GROUP = "medhub.models"
@@ -146,17 +151,23 @@ def _plugin_entries(problems: list[str]) -> list[ModelEntry]:
     return entries
 
 
-def _source_entries(problems: list[str]) -> list[ModelEntry]:
+def _source_entries(problems: list[str], watched: list[Path | None] | None = None) -> list[ModelEntry]:
     """Models from the sources registered under ``medhub.model_sources`` (e.g. the few-shot heads).
 
     A source is a callable ``(problems: list[str]) -> list[ModelEntry]`` that finds models that
     are not packages: the heads a user trained, a lab's shared folder of models. medhub's own
     heads register this way too (``pyproject.toml``), so the catalog knows no source by name.
+    A source may also say which folders it reads, as a callable attribute ``watched_paths()``
+    returning paths: then ``medhub models`` can use its cached listing until one of them changes
+    (:mod:`medhub.hub.listing`); the listing of a source that does not say is never cached.
     """
     entries: list[ModelEntry] = []
     for ep in entry_points(group=SOURCE_ENTRY_POINT_GROUP):
         try:
             source = ep.load()
+            if watched is not None:
+                declared = getattr(source, "watched_paths", None)
+                watched.extend([Path(p) for p in declared()] if callable(declared) else [None])
             entries.extend(source(problems))
         except MedhubError as exc:
             problems.append(f"model source {ep.name} ({ep.value}): {exc}")
@@ -165,10 +176,10 @@ def _source_entries(problems: list[str]) -> list[ModelEntry]:
     return entries
 
 
-def _all_entries() -> dict[str, ModelEntry]:
+def _all_entries(watched: list[Path | None] | None = None) -> dict[str, ModelEntry]:
     problems: list[str] = []
     found: dict[str, ModelEntry] = {}
-    for entry in _builtin_entries(problems) + _plugin_entries(problems) + _source_entries(problems):
+    for entry in _builtin_entries(problems) + _plugin_entries(problems) + _source_entries(problems, watched):
         if entry.id in found:
             if found[entry.id].path.resolve() != entry.path.resolve():  # the same package twice is harmless
                 problems.append(f"two models have the id '{entry.id}': {found[entry.id].path} and {entry.path}; "
@@ -177,6 +188,46 @@ def _all_entries() -> dict[str, ModelEntry]:
         found[entry.id] = entry
     _PROBLEMS[:] = problems
     return found
+
+
+def build_listing() -> tuple[Listing, list[Path] | None]:
+    """The catalog as plain data, and the files and folders it was read from (see :mod:`medhub.hub.listing`).
+
+    The paths are None when a model source does not say what it reads: such a listing must not be cached.
+    """
+    watched: list[Path | None] = [BUILTIN_ROOT]
+    entries = sorted(_all_entries(watched).items())
+    database = load_segment_database()
+    listed = []
+    for _, entry in entries:
+        card = entry.card
+        workflow_folder = entry.path / "workflows"
+        watched += [entry.path, entry.path.parent, entry.path / "card.yaml", workflow_folder,
+                    *entry.workflows.values()]
+        segments = []
+        for value, segment_id in sorted(card.outputs.segments.items()):
+            spec = database.get(segment_id)
+            item: dict[str, Any] = {"label": value, "id": segment_id}
+            if spec is None:
+                item["error"] = "not in the segment database"
+            else:
+                item["name"] = spec.name
+                for part in ("category", "type", "modifier"):
+                    code = getattr(spec, part)
+                    item[part] = None if code is None else {"value": code.value, "scheme": code.scheme,
+                                                            "meaning": code.meaning}
+            segments.append(item)
+        listed.append({
+            "id": entry.id, "origin": entry.origin, "path": str(entry.path), "module": entry.module,
+            "workflows": sorted(entry.workflows), "summary": card_summary(card), "card": card.model_dump(mode="json"),
+            "segments": segments,
+            "weights": [{"name": w.name, "url": w.url, "sha256": w.sha256, "size": w.size, "bundled_in": w.bundled_in}
+                        for w in card.weights],
+        })  # fmt: skip
+    segdb = Path(str(resources.files("medhub.segdb")))
+    watched += [segdb, *sorted(segdb.glob("*.yaml"))]
+    listing = Listing(entries=listed, problems=catalog_problems())
+    return listing, None if None in watched else [p for p in watched if p is not None]
 
 
 def list_models() -> list[ModelCard]:
@@ -201,41 +252,20 @@ def get_model(name: str) -> ModelEntry:
     return entries[key]
 
 
-# Body parts people search by, and the DICOM Body Part Examined values cards use for them.
-_BODY_PART_ALIASES = {
-    "BRAIN": {"HEAD", "BRAIN", "SKULL"},
-    "HEAD": {"HEAD", "BRAIN", "SKULL", "HEADNECK"},
-    "CHEST": {"CHEST", "THORAX", "LUNG", "CHESTABDOMEN", "CHESTABDPELVIS"},
-    "THORAX": {"CHEST", "THORAX", "LUNG"},
-    "LUNG": {"CHEST", "THORAX", "LUNG"},
-    "ABDOMEN": {"ABDOMEN", "ABDOMENPELVIS", "CHESTABDOMEN", "CHESTABDPELVIS"},
-    "WHOLEBODY": {"WHOLEBODY", "CHESTABDPELVIS"},
-}
-
-
-def _norm(text: str) -> str:
-    return "".join(ch for ch in text.upper() if ch.isalnum())
+def card_summary(card: ModelCard) -> dict[str, Any]:
+    """The fields ``medhub models`` prints and filters on, as plain data (see :mod:`medhub.hub.listing`)."""
+    return {
+        "id": card.id, "version": card.version, "title": card.title, "task": card.task,
+        "outputs": card.outputs.kinds, "modality": list(card.modality), "body_part": card.body_part,
+        "training_type": card.training_type, "licence": card.licence.model_dump(), "devices": list(card.devices),
+        "input_modalities": [s.modality or "" for s in card.inputs], "body_parts": card.body_parts,
+    }  # fmt: skip
 
 
 def matches(card: ModelCard, *, modality: str | None = None, body_part: str | None = None,
             task: str | None = None) -> bool:
-    """Whether a card fits the ``medhub models`` filters (case-insensitive; None = any).
-
-    ``body_part`` accepts the words people search by (``BRAIN`` finds models whose card says
-    ``HEAD``); ``task`` matches the card's task or one of its output kinds (``segmentation``,
-    ``prediction``, ``classification``).
-    """
-    if modality and modality.upper() not in card.modality + [s.modality or "" for s in card.inputs]:
-        return False
-    if body_part:
-        wanted = _BODY_PART_ALIASES.get(_norm(body_part), {_norm(body_part)})
-        if not wanted & {_norm(p) for p in card.body_parts}:
-            return False
-    if task:
-        kinds = {card.task, *card.outputs.kinds}
-        if task.lower() not in kinds:
-            return False
-    return True
+    """Whether a card fits the ``medhub models`` filters; see :func:`medhub.hub.listing.matches_summary`."""
+    return matches_summary(card_summary(card), modality=modality, body_part=body_part, task=task)
 
 
 def find_models(*, modality: str | None = None, body_part: str | None = None, task: str | None = None
@@ -261,17 +291,7 @@ def bundled_weight_path(spec: WeightsSpec) -> Path | None:
     """The installed file of a ``bundled_in`` weights entry (matched by file name in the distribution's RECORD)."""
     if spec.bundled_in is None:
         return None
-    try:
-        dist = distribution(spec.bundled_in)
-    except PackageNotFoundError:
-        return None
-    wanted = spec.name.split("/")
-    for item in dist.files or []:
-        if list(item.parts[-len(wanted):]) == wanted:
-            path = Path(str(dist.locate_file(item)))
-            if path.is_file():
-                return path
-    return None
+    return installed_file(spec.bundled_in, spec.name)
 
 
 def weights_status(entry: ModelEntry) -> list[WeightStatus]:

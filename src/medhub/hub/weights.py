@@ -27,8 +27,6 @@ sharing the cache) safe: the second waits, then finds the verified file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import re
 import urllib.parse
@@ -43,6 +41,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medhub import __version__, config
 from medhub.errors import MedhubError
+from medhub.hub.weight_store import CHUNK as _CHUNK
+from medhub.hub.weight_store import sha256_file as sha256_file
+from medhub.hub.weight_store import sidecar as _sidecar
+from medhub.hub.weight_store import verified_in_cache
+from medhub.hub.weight_store import weights_cache_dir as weights_cache_dir
+from medhub.hub.weight_store import write_sidecar as _write_sidecar
 
 try:  # POSIX only; elsewhere concurrent pulls are simply not guarded
     import fcntl
@@ -55,7 +59,6 @@ ENV_MIRROR = config.WEIGHTS_MIRROR  # named in messages
 TIMEOUT = 30.0
 #: How many times one call resumes an interrupted transfer before reporting failure.
 MAX_ATTEMPTS = 3
-_CHUNK = 1 << 20
 
 #: ``progress(name, bytes_done, bytes_total_or_None)``, called as bytes arrive.
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -86,11 +89,6 @@ class WeightFile(BaseModel):
         return value.lower()
 
 
-def weights_cache_dir() -> Path:
-    """``$MEDHUB_WEIGHTS_CACHE``, else ``$XDG_CACHE_HOME/medhub/weights``, else ``~/.cache/medhub/weights``."""
-    return config.settings().weights_cache
-
-
 def mirror_setting() -> str | None:
     """The raw ``MEDHUB_WEIGHTS_MIRROR`` value, or None when unset or blank."""
     return config.settings().weights_mirror
@@ -101,18 +99,14 @@ def cached_path(model_id: str, file: WeightFile) -> Path:
     return weights_cache_dir() / model_id / file.name
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MB blocks (weights can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def is_cached(model_id: str, file: WeightFile) -> bool:
     """True when a verified copy is in the cache (cheap thanks to the sidecar; for ``doctor``/``info``)."""
     return _verified_in_cache(cached_path(model_id, file), file)
+
+
+def _verified_in_cache(dest: Path, file: WeightFile) -> bool:
+    """True when ``dest`` holds ``file``: trust a matching sidecar, else hash once and record it."""
+    return verified_in_cache(dest, file.sha256, file.size)
 
 
 def ensure_weights(
@@ -252,40 +246,6 @@ def _check(path: Path, file: WeightFile) -> str | None:
 
 
 # --------------------------------------------------------------------------- cache and sidecar
-
-
-def _sidecar(dest: Path) -> Path:
-    return dest.with_name(dest.name + ".sha256")
-
-
-def _write_sidecar(dest: Path, sha256: str) -> None:
-    """Record a verified hash with the size and mtime it belongs to; any later change invalidates it."""
-    stat = dest.stat()
-    record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    with contextlib.suppress(OSError):  # a read-only cache still works, it just re-hashes
-        _sidecar(dest).write_text(json.dumps(record), encoding="utf-8")
-
-
-def _verified_in_cache(dest: Path, file: WeightFile) -> bool:
-    """True when ``dest`` holds ``file``: trust a matching sidecar, else hash once and record it."""
-    try:
-        stat = dest.stat()
-    except FileNotFoundError:
-        return False
-    if file.size is not None and stat.st_size != file.size:
-        return False
-    with contextlib.suppress(OSError, ValueError):
-        record = json.loads(_sidecar(dest).read_text(encoding="utf-8"))
-        if (
-            record.get("sha256") == file.sha256
-            and record.get("size") == stat.st_size
-            and record.get("mtime_ns") == stat.st_mtime_ns
-        ):
-            return True
-    if sha256_file(dest) != file.sha256:
-        return False
-    _write_sidecar(dest, file.sha256)
-    return True
 
 
 def _discard(dest: Path) -> None:

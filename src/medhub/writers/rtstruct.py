@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydicom.charset import default_encoding
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -108,6 +108,11 @@ def write_rtstruct(
     ds.RTROIObservationsSequence = observation_items
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Every element here is built with its VR (or copied with the VR it was read with): mark the
+    # dataset as already in its output encoding, so that pydicom writes it as it is instead of
+    # first walking every item to correct ambiguous VRs (~0.3 s for 800 contours, issue 14).
+    charset = ds.get("SpecificCharacterSet")
+    ds.set_original_encoding(False, True, convert_encodings(charset) if charset else default_encoding)
     ds.save_as(path, enforce_file_format=True)
     return path
 

