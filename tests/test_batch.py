@@ -40,7 +40,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
             dataset.SeriesInstanceUID, dataset.StudyInstanceUID = series_uid, study_uid
             dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
             dataset.SeriesDescription = f"part {number}"
-            if number == SERIES and index == 3:  # the broken one: a garbage JPEG 2000 codestream
+            if number == SERIES and index in (3, 4, 5):  # the broken one: 3 garbage JPEG 2000 codestreams in a row
                 dataset.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 60])
                 dataset["PixelData"].VR = "OB"
                 dataset.file_meta.TransferSyntaxUID = JPEG2000Lossless

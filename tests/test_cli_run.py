@@ -276,18 +276,20 @@ def test_one_broken_series_fails_alone_exit_1(tmp_path: Path) -> None:
     philips = philips_by_position()
     _copy_renamed(sorted(shared_path(NO_UID_CT).iterdir()), folder, "good")
     _derived_series(philips[:12], folder, "bad", SeriesDescription="broken pixels")
-    victim = sorted(folder.glob("bad_*"))[5]
-    dataset = pydicom.dcmread(victim)
-    # A well-formed file whose JPEG 2000 codestream is garbage: the scan accepts it, decoding fails.
-    dataset.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 60])
-    dataset["PixelData"].VR = "OB"
-    dataset.file_meta.TransferSyntaxUID = JPEG2000Lossless
-    dataset.save_as(victim, enforce_file_format=True)
+    victims = sorted(folder.glob("bad_*"))[5:8]  # three in a row: more than the 2 missing slices interpolated
+    for victim in victims:
+        dataset = pydicom.dcmread(victim)
+        # A well-formed file whose JPEG 2000 codestream is garbage: the scan accepts it, decoding fails.
+        dataset.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 60])
+        dataset["PixelData"].VR = "OB"
+        dataset.file_meta.TransferSyntaxUID = JPEG2000Lossless
+        dataset.save_as(victim, enforce_file_format=True)
     result = medhub("run", "ct-body", "--input", str(folder), "--output", str(tmp_path / "out"))
     assert result.returncode == 1, result.stdout + result.stderr
     report = _report(tmp_path / "out")
     statuses = {e["description"]: (e["status"], e["reason"]) for e in report["series"]}
-    assert statuses["broken pixels"][0] == "failed" and victim.name in statuses["broken pixels"][1]
+    assert statuses["broken pixels"][0] == "failed" and victims[0].name in statuses["broken pixels"][1]
+    assert "3 missing slices" in statuses["broken pixels"][1]
     assert statuses["CT Body 3.0"][0] == "succeeded"
 
 

@@ -1,6 +1,6 @@
 """The two shortcuts that keep medhub's overhead low give exactly what pydicom gives.
 
-* ``load._read_native``: uncompressed pixels read from the end of the file instead of a
+* ``pixels.read_native``: uncompressed pixels read from the end of the file instead of a
   second full ``dcmread``. Must equal ``Dataset.pixel_array`` (dtype, shape, values, unused
   high bits corrected), and must decline (None) whatever it does not handle, so pydicom reads it.
 * ``writers.seg._pre_encode_sequences``: sequences encoded once per distinct element. The file
@@ -18,7 +18,7 @@ import pytest
 from conftest import shared_path
 from pydicom.filebase import DicomBytesIO
 
-from medhub.inputs.load import _read_native
+from medhub.inputs.pixels import read_native as _read_native
 from medhub.writers.seg import _pre_encode_sequences
 
 

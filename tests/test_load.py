@@ -206,15 +206,41 @@ def test_two_slices_load_like_dicom2nifti() -> None:
 
 
 @pytest.mark.parametrize("case", ["001", "002"])
-def test_missing_slice_is_skipped_with_reason(case: str) -> None:
+def test_missing_slice_is_refused_when_no_gap_is_allowed(case: str) -> None:
     series = make_series(shared_path(f"{D2N}/failing/sliceincrement/{case}"))
-    check = check_series(series)
-    assert check.skip_reason is not None and check.skip_reason.startswith("missing slice: gap of ")
+    check = check_series(series, max_missing_slices=0)
+    assert check.skip_reason is not None and check.skip_reason.startswith("1 missing slice at z=")
     spacing = {"001": "spacing 5.00 mm", "002": "spacing 0.75 mm"}[case]
-    assert spacing in check.skip_reason
+    assert spacing in check.skip_reason and "more than the 0 allowed (select.max_missing_slices)" in check.skip_reason
     assert check.findings == []  # 002 is also tilted, but nothing is resampled for a skipped series
     with pytest.raises(SeriesSkipped, match="missing slice"):
-        load_series(series)
+        load_series(series, max_missing_slices=0)
+
+
+def test_missing_slice_in_real_ct_is_interpolated_and_results_stay_on_the_real_slices() -> None:
+    """The real GE head CT with one slice missing (5 mm spacing, 10 mm gap): one interpolated plane, four real ones."""
+    series = make_series(shared_path(f"{D2N}/failing/sliceincrement/001"))
+    check = check_series(series)
+    assert check.ok and check.findings == [
+        "1 missing slice (1 at z=28.1..38.1 mm): interpolated onto a regular 5.00 mm grid; results lie on the 4 real "
+        "slices"]
+    volume = load_series(series)
+    assert volume.shape == (512, 512, 5) and volume.spacing[2] == pytest.approx(5.0, abs=1e-4)
+    assert volume.source is not None and volume.source.resampled and len(volume.source.planes) == 4
+    z0, step = volume.affine_lps[2, 3], volume.affine_lps[2, 2]
+    for instance in series.instances:  # the real slices are kept exactly, each in its own grid slice
+        k = round((float(instance.header.ImagePositionPatient[2]) - z0) / step)
+        expected = pydicom.dcmread(instance.path).pixel_array.astype(np.float32) - 1024
+        np.testing.assert_allclose(volume.array[:, :, k].T, expected, atol=1e-3)
+    # Grid slice 3 (33.1 mm) is the missing one: halfway between the real planes at 28.1 and 38.1 mm.
+    assert z0 + 3 * step == pytest.approx(33.1075, abs=1e-3)
+    np.testing.assert_allclose(volume.array[:, :, 3], (volume.array[:, :, 2] + volume.array[:, :, 4]) / 2, atol=1e-3)
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    labels[:, :, 3] = 1  # only the interpolated slice: nothing of it lies on a real plane
+    assert not geometry.labels_to_source(volume, labels).any()
+    labels[:, :, 4] = 1
+    back = geometry.labels_to_source(volume, labels)
+    assert back.shape == (4, 512, 512) and back[3].all() and not back[:3].any()
 
 
 def test_gantry_tilt_resampled_at_the_right_physical_positions() -> None:
@@ -491,3 +517,18 @@ def test_source_without_frame_of_reference_is_not_referenceable() -> None:
     volume = load_series(make_series(files))
     assert volume.source is not None and not volume.source.referenceable
     assert "FrameOfReferenceUID" in volume.source.unreferenceable_reason
+
+
+def test_real_ge_ct_pixel_padding_is_set_to_air() -> None:
+    """GE's CT writes -2000 outside the reconstruction circle (PixelPaddingValue -2000): -1024 HU after loading."""
+    files = sorted(shared_path("seg/dcmqi_segmentations/ct-3slice").glob("0*.dcm"))
+    assert len(files) == 3
+    series = make_series(files)
+    volume = load_series(series)
+    stored = np.stack([pydicom.dcmread(p).pixel_array for p in files])
+    padded = int((stored == -2000).sum())
+    assert padded > 100_000  # the real corners outside the circle
+    (note,) = [f for f in volume.findings if f.startswith("pixel padding")]
+    assert note.startswith(f"pixel padding (PixelPaddingValue -2000): {padded} voxels") and "-1024 HU" in note
+    assert volume.array.min() == -1024  # was -3024 HU (-2000 stored, intercept -1024)
+    assert int((volume.array == -1024).sum()) >= padded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -12,7 +13,7 @@ from conftest import shared_path
 from pydicom.fileset import FileSet
 
 from medhub.errors import MedhubError
-from medhub.inputs.scan import iter_files, orientation_name, scan, sop_class_keyword
+from medhub.inputs.scan import iter_files, orientation_name, scan, scan_files, sop_class_keyword
 
 PHILIPS = "ct/philips_phantom_head_1mm"
 TOTALSEG = "ct/totalsegmentator_example_ct_dicom"
@@ -180,3 +181,73 @@ def test_orientation_names_and_sop_class_keywords():
     assert sop_class_keyword("1.2.840.10008.5.1.4.1.1.66.7") == "LabelMapSegmentationStorage"
     assert sop_class_keyword(pydicom.uid.CTImageStorage) == "CTImageStorage"
     assert sop_class_keyword("") == ""
+
+
+def test_links_are_followed_once_and_loops_broken_links_and_fifos_are_named(tmp_path):
+    """The walk's link policy (inputs/walk.py) on a tree of real files."""
+    root, outside = tmp_path / "in", tmp_path / "outside"
+    (root / "a").mkdir(parents=True)
+    outside.mkdir()
+    philips = sorted(shared_path(PHILIPS).iterdir())
+    shutil.copy(philips[0], root / "a" / "one.dcm")
+    shutil.copy(philips[1], outside / "two.dcm")
+    os.symlink("..", root / "a" / "up")  # loop
+    os.symlink(outside, root / "z_outside")  # outside the tree: followed
+    os.symlink(root / "a", root / "b_again")  # a second way to a/, which the walk met first
+    os.symlink("self.dcm", root / "self.dcm")
+    os.symlink("nowhere.dcm", root / "broken.dcm")
+    os.mkfifo(root / "pipe.dcm")  # reading it would block forever
+    skipped: list[tuple[str, str]] = []
+    files = [p.relative_to(root).as_posix() for p in iter_files(root, on_skip=lambda p, r: skipped.append((p.name, r)))]
+    assert files == ["a/one.dcm", "z_outside/two.dcm"]
+    reasons = dict(skipped)
+    assert set(reasons) == {"up", "b_again", "self.dcm", "broken.dcm", "pipe.dcm"}
+    assert "already walked" in reasons["up"] and "already walked" in reasons["b_again"]
+    assert "loop" in reasons["self.dcm"] and "broken symlink" in reasons["broken.dcm"]
+    assert "not a regular file" in reasons["pipe.dcm"]
+    result = scan(root)
+    assert sorted(u.path.name for u in result.unreadable) == sorted(reasons)
+    assert all(str(u.path) in u.reason for u in result.unreadable)
+    assert sum(len(s.instances) for s in result.series) == 2
+
+
+def test_files_named_dicom_that_are_not_are_unreadable_with_the_reason(tmp_path):
+    real = sorted(shared_path(PHILIPS).iterdir())[0].read_bytes()
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    (tmp_path / "noise.DCM").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "short.dcm").write_bytes(real[:60])
+    (tmp_path / "noise.bin").write_bytes(bytes(range(256)) * 8)  # no DICOM name: just not DICOM
+    result = scan(tmp_path)
+    reasons = {u.path.name: u.reason for u in result.unreadable}
+    assert set(reasons) == {"empty.dcm", "noise.DCM", "short.dcm"} and result.non_dicom_files == 1
+    assert "empty file" in reasons["empty.dcm"] and "not DICOM" in reasons["noise.DCM"]
+    assert "cut short" in reasons["short.dcm"]
+
+
+def test_a_file_cut_at_any_byte_of_its_header_is_unreadable_never_a_series(tmp_path):
+    """Cuts at element boundaries leave a header pydicom parses without complaint (it used to become a
+    1-image series); every cut of a real CT header must be named as unreadable."""
+    data = sorted(shared_path(PHILIPS).iterdir())[0].read_bytes()
+    target = tmp_path / "cut.dcm"
+    for cut in range(132, 8200, 5):
+        target.write_bytes(data[:cut])
+        result = scan(target)
+        assert not result.series and len(result.unreadable) == 1, f"cut at byte {cut}"
+
+
+def test_one_series_uid_holding_two_patients_is_split_never_merged(tmp_path):
+    philips = sorted(shared_path(PHILIPS).iterdir())[:6]
+    for index, path in enumerate(philips):
+        dataset = pydicom.dcmread(path)
+        dataset.PatientID = "A" if index < 3 else "B"
+        dataset.save_as(tmp_path / f"{index}.dcm")
+    result = scan(tmp_path)
+    uid = pydicom.dcmread(philips[0], stop_before_pixels=True).SeriesInstanceUID
+    assert sorted(s.key for s in result.series) == [f"{uid}-part1", f"{uid}-part2"]
+    assert sorted(len(s.instances) for s in result.series) == [3, 3]
+    for series in result.series:
+        assert {i.patient_id for i in series.instances} in ({"A"}, {"B"})
+        assert series.findings and series.findings[0].startswith("split: SeriesInstanceUID")
+    part = next(s for s in result.series if s.key.endswith("part2"))
+    alone = scan_files([i.path for i in part.instances], key=part.key)  # a Dask worker rescans one part
+    assert [s.key for s in alone.series] == [part.key]

@@ -38,6 +38,26 @@ def slice_normal(orientation: np.ndarray) -> np.ndarray:
     return normal / norm
 
 
+def orthonormality_error(orientation: np.ndarray) -> float:
+    """How far ImageOrientationPatient (6,) is from two perpendicular unit vectors.
+
+    The largest of |len(r) - 1|, |len(c) - 1| and |r . c|: 0 for exact cosines, ~1e-6 for the
+    float noise of real headers; dciodvfy refuses objects whose error exceeds about 1e-4.
+    """
+    orientation = np.asarray(orientation, dtype=float)
+    row, column = orientation[:3], orientation[3:6]
+    return float(max(abs(np.linalg.norm(row) - 1), abs(np.linalg.norm(column) - 1), abs(row @ column)))
+
+
+def orthonormalise(orientation: np.ndarray) -> np.ndarray:
+    """The nearest pair of perpendicular unit vectors (6,): the row is kept in direction, the column
+    loses its component along the row (Gram-Schmidt). Only meant for cosines already close."""
+    orientation = np.asarray(orientation, dtype=float)
+    row = orientation[:3] / np.linalg.norm(orientation[:3])
+    column = orientation[3:6] - (orientation[3:6] @ row) * row
+    return np.concatenate([row, column / np.linalg.norm(column)])
+
+
 def positions_along(positions: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """Projection of each position (n, 3) on a direction (3,): the slice location along the normal."""
     return np.asarray(positions, dtype=float).reshape(-1, 3) @ np.asarray(direction, dtype=float)

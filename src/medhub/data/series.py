@@ -26,11 +26,11 @@ class Instance:
     """
 
     __slots__ = ("path", "_header", "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid",
-                 "number_of_frames", "instance_number", "study_instance_uid")
+                 "number_of_frames", "instance_number", "study_instance_uid", "patient_id")
 
     def __init__(self, path: Path, header: Dataset | None, sop_instance_uid: str, sop_class_uid: str,
                  transfer_syntax_uid: str, number_of_frames: int = 1, instance_number: int | None = None,
-                 study_instance_uid: str | None = None) -> None:
+                 study_instance_uid: str | None = None, patient_id: str | None = None) -> None:
         self.path = Path(path)
         self._header = header
         self.sop_instance_uid = sop_instance_uid
@@ -42,8 +42,11 @@ class Instance:
                 instance_number = _int_or_none(header.get("InstanceNumber"))
             if study_instance_uid is None:
                 study_instance_uid = str(header.get("StudyInstanceUID", "") or "").strip()
+            if patient_id is None:
+                patient_id = str(header.get("PatientID", "") or "").strip()
         self.instance_number = instance_number
         self.study_instance_uid = study_instance_uid or ""
+        self.patient_id = patient_id or ""  # with the study, what keeps two patients' images apart
 
     @property
     def header(self) -> Dataset:
@@ -93,6 +96,7 @@ class Series:
     description: str
     instances: list[Instance] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)  # what the scan did to it (a split), for the report
 
     @property
     def has_uids(self) -> bool:

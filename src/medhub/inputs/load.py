@@ -1,37 +1,56 @@
 """Check a series' geometry from its headers, then load it into a :class:`~medhub.data.volume.Volume`.
 
-``check_series`` is cheap (headers only) and says what the loader will correct (duplicates,
-gantry tilt, uneven spacing) or why the series cannot be one 3D volume (4D, missing slices,
-mixed geometry, ...). ``load_series`` runs the same plan, decodes the pixels, applies the
-modality rescale and, where needed, resamples onto a regular orthogonal grid, keeping the real
-source planes in :class:`~medhub.data.volume.SourceGrid` so results can reference them. It never
-silently stretches: a stack is either regular within a twentieth of a voxel, corrected and
-reported, or skipped with a reason.
+``check_series`` is cheap (headers only) and says what the loader will correct or why the series
+cannot be one correct 3D volume. ``load_series`` runs the same plan, decodes the pixels
+(:mod:`medhub.inputs.pixels`), applies the modality rescale, masks pixel padding
+(:mod:`medhub.inputs.padding`) and, where needed, resamples onto a regular orthogonal grid,
+keeping the real source planes in :class:`~medhub.data.volume.SourceGrid` so results reference
+them. It never silently stretches or guesses; each correction is a finding in the report:
+
+* **Slices left out.** A slice whose RescaleSlope is zero, not a number or not finite, or whose
+  RescaleIntercept is not finite, would corrupt the volume (one NaN spreads through a model): it
+  is left out, naming the tag. So is a file whose pixels cannot be decoded. The gap rules decide.
+* **Missing slices.** A gap of up to ``max_missing_slices`` consecutive slices (default 2, the
+  workflow's ``select.max_missing_slices``) is interpolated like uneven spacing; a longer gap
+  refuses the series with the reason (and why slices were left out, if they were).
+* **Duplicates.** Copies of one image (byte copies, or the same SOP instance exported twice) are
+  removed after their pixels are compared; different images with one SOPInstanceUID refuse the
+  series, since a SEG would reference an ambiguous instance. Several images at one position are 4D.
+* **Orientation.** ImageOrientationPatient must be two perpendicular unit vectors: float noise
+  (1e-5) is accepted as is, an error up to 1e-3 (cosines written with too few digits) is normalised
+  (the SEG then carries the normalised cosines), anything else refuses the series.
+* **Memory.** The pixels a series declares must fit the memory budget before anything is decoded.
+* Gantry tilt and uneven spacing are resampled; 4D, mixed geometry and non-images are refused.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.pixels import get_decoder
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 
 from medhub.data import geometry
+from medhub.data.header_view import header_view
 from medhub.data.series import Instance, Series
 from medhub.data.volume import SourceGrid, SourcePlane, Volume
 from medhub.errors import MedhubError, SeriesSkipped
+from medhub.inputs.padding import Padding, background_value, padding_of
+from medhub.inputs.pixels import PixelReadError, format_bytes, memory_budget, read_stored_pixels
 
 SUPPORTED_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2"}
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines that differ by less are the same orientation
+ORTHONORMAL_NOISE = 1e-5  # cosines this close to orthonormal are used as they are (float noise)
+ORTHONORMAL_TOLERANCE = 1e-3  # up to this they are normalised (too few digits); beyond, refused
+DEFAULT_MAX_MISSING_SLICES = 2
 # Header elements that differ between two exports of the very same image.
 VOLATILE_TAGS = {"SOPInstanceUID", "InstanceNumber", "InstanceCreationDate", "InstanceCreationTime"}
+_IOP_TAG = 0x00200037
 
 
 @dataclass
@@ -45,7 +64,7 @@ class SeriesCheck:
     findings: list[str] = field(default_factory=list)
     skip_reason: str | None = None
     images: int = 0  # image planes in the series (frames of multi-frame files count)
-    planes: int = 0  # planes the volume is built from, after removing duplicates
+    planes: int = 0  # planes the volume is built from, after removing duplicates and left-out slices
 
     @property
     def ok(self) -> bool:
@@ -63,6 +82,7 @@ class _Frame:
     pixel_spacing: tuple[float, float] | None
     slope: float
     intercept: float
+    problem: str = ""  # why this plane cannot be used (a rescale value), "" when it can
 
 
 @dataclass
@@ -72,44 +92,83 @@ class _Plan:
     check: SeriesCheck
     frames: list[_Frame] = field(default_factory=list)  # kept planes, sorted along the normal
     twins: list[tuple[_Frame, _Frame]] = field(default_factory=list)  # duplicates: pixels must match
-    orientation: np.ndarray | None = None
+    orientation: np.ndarray | None = None  # orthonormal (normalised when it needed to be)
+    normalised: bool = False  # the headers' cosines were corrected: results carry the corrected ones
     pixel_spacing: tuple[float, float] = (1.0, 1.0)
     rows: int = 0
     columns: int = 0
     step: float = 0.0  # slice step (regular) or target step (resampled), mm
     resample: bool = False
+    left_out: list[str] = field(default_factory=list)  # "IM0008.dcm: RescaleSlope is NaN"
 
 
 class _Skip(Exception):
     """Internal: ends the header check with a skip reason."""
 
 
-def check_series(series: Series) -> SeriesCheck:
+def check_series(series: Series, *, max_missing_slices: int = DEFAULT_MAX_MISSING_SLICES) -> SeriesCheck:
     """Headers-only geometry QA: the corrections ``load_series`` will make, or why it will skip."""
-    return _plan(series).check
+    return _plan(series, max_missing_slices, {}).check
 
 
-def load_series(series: Series) -> Volume:
+def load_series(series: Series, *, max_missing_slices: int = DEFAULT_MAX_MISSING_SLICES) -> Volume:
     """Decode a series into a Volume in modality units, corrected onto a regular grid if needed.
 
-    Raises :class:`SeriesSkipped` with a one-line reason for what :func:`check_series` rejects
-    and for files whose pixels cannot be read or decoded.
+    Raises :class:`SeriesSkipped` with a one-line reason for what :func:`check_series` rejects, and
+    :class:`MedhubError` when files that cannot be decoded leave too little of the series.
     """
-    plan = _plan(series)
-    if plan.check.skip_reason is not None:
-        raise SeriesSkipped(plan.check.skip_reason)
-    pixels = _decode(plan.frames + [twin for pair in plan.twins for twin in pair], plan.rows, plan.columns)
+    undecodable: dict[Path, str] = {}
+    pixels: dict[tuple[str, int | None], np.ndarray] = {}  # decoded once, kept when the plan changes
+    while True:
+        plan = _plan(series, max_missing_slices, undecodable)
+        if plan.check.skip_reason is not None:
+            if undecodable:  # broken files, not the series' geometry, ended it: a failure (exit code 1)
+                raise MedhubError(plan.check.skip_reason)
+            raise SeriesSkipped(plan.check.skip_reason)
+        _check_memory(plan)
+        failures = _decode(plan.frames + [twin for pair in plan.twins for twin in pair], plan.rows, plan.columns,
+                           pixels)
+        if not failures:
+            return _assemble(series, plan, pixels)
+        undecodable.update(failures)  # leave them out; the gap rules decide on the rest
+
+
+def missing_uids(series: Series) -> list[str]:
+    """The UIDs a SEG must reference that this series' files lack (empty when it can be referenced)."""
+    missing = []
+    if not series.study_instance_uid:
+        missing.append("StudyInstanceUID")
+    if not series.series_instance_uid:
+        missing.append("SeriesInstanceUID")
+    if not all(i.sop_instance_uid for i in series.instances):
+        missing.append("SOPInstanceUID")
+    if not all(str(i.header.get("FrameOfReferenceUID", "") or "").strip() for i in series.instances):
+        missing.append("FrameOfReferenceUID")  # Type 1: a SEG's planes and an RTSTRUCT's contours live in it
+    return missing
+
+
+# ---------------------------------------------------------------- assembling the volume
+
+
+def _assemble(series: Series, plan: _Plan, pixels: dict[tuple[str, int | None], np.ndarray]) -> Volume:
     for first, second in plan.twins:
         if not np.array_equal(pixels[_key(first)], pixels[_key(second)]):
+            same_uid = first.instance.sop_instance_uid and \
+                first.instance.sop_instance_uid == second.instance.sop_instance_uid
+            what = f"the same SOPInstanceUID {first.instance.sop_instance_uid}" if same_uid \
+                else "otherwise identical headers"
             raise SeriesSkipped(
                 f"different images at the same position ({first.instance.path.name}, "
-                f"{second.instance.path.name}) with otherwise identical headers: not one 3D volume"
+                f"{second.instance.path.name}) with {what}: not one 3D volume"
             )
     planes = [pixels[_key(f)] for f in plan.frames]
+    masks, padding_note = _padding_masks(planes, plan.frames)
+    modality = series.modality or str(series.first_header.get("Modality", ""))
     orientation = plan.orientation
     assert orientation is not None
     positions = np.array([f.position for f in plan.frames])
     normal = geometry.slice_normal(orientation)
+    findings = list(plan.check.findings)
     if plan.resample:
         grid = geometry.regular_grid(positions, orientation, plan.pixel_spacing, plan.rows, plan.columns, plan.step)
         scaled = [
@@ -117,13 +176,21 @@ def load_series(series: Series) -> Volume:
             for p, f in zip(planes, plan.frames, strict=True)
         ]
         fill = float(min(p.min() for p in scaled))
+        if masks is not None:
+            fill = _apply_background(scaled, masks, modality)
         array = geometry.resample_planes([p.T for p in scaled], positions @ normal, grid, fill)
         affine = grid.affine
     else:
-        array = _stack(planes, plan.frames)
+        stacked = _stack(planes, plan.frames)
+        if masks is not None:
+            stacked = _mask_stack(stacked, masks, modality)
+        array = stacked.transpose(2, 1, 0)
         affine = geometry.affine_from_planes(orientation, plan.pixel_spacing, positions[0], normal * plan.step)
+    if masks is not None:
+        findings.append(padding_note.format(background=_background_text(modality, array)))
     source = SourceGrid(
-        planes=[SourcePlane(dataset=f.instance.header, frame_number=f.frame, position=f.position) for f in plan.frames],
+        planes=[SourcePlane(dataset=_header_for_results(f.instance.header, plan), frame_number=f.frame,
+                            position=f.position) for f in plan.frames],
         orientation=orientation,
         pixel_spacing=plan.pixel_spacing,
         rows=plan.rows,
@@ -140,43 +207,134 @@ def load_series(series: Series) -> Volume:
         array=array,
         affine_lps=affine,
         source=source,
-        modality=series.modality or str(series.first_header.get("Modality", "")),
-        findings=list(plan.check.findings),
+        modality=modality,
+        findings=findings,
         metadata={"series_key": series.key, "series_description": series.description},
     )
+
+
+def _header_for_results(header: Dataset, plan: _Plan) -> Dataset:
+    """The header results copy their geometry from: with the normalised cosines when they were corrected.
+
+    A shallow copy (the scan's header, and the file, stay as they were); only single-frame sources
+    are normalised (the plan refuses multi-frame ones that would need it).
+    """
+    if not plan.normalised:
+        return header
+    view = header_view(header)
+    assert plan.orientation is not None
+    view[_IOP_TAG] = DataElement(_IOP_TAG, "DS", [f"{v:.8f}".rstrip("0").rstrip(".") or "0" for v in plan.orientation])
+    return view
+
+
+def _padding_masks(planes: list[np.ndarray], frames: list[_Frame]) -> tuple[list[np.ndarray | None] | None, str]:
+    """Per plane, where its stored values are padding (None when the series declares none)."""
+    masks: list[np.ndarray | None] = []
+    described: set[str] = set()
+    count = 0
+    for plane, frame in zip(planes, frames, strict=True):
+        padding: Padding | None = padding_of(frame.instance.header)
+        if padding is None:
+            masks.append(None)
+            continue
+        mask = padding.mask(plane)
+        if not mask.any():
+            masks.append(None)
+            continue
+        masks.append(mask)
+        count += int(mask.sum())
+        described.add(padding.describe())
+    if not count:
+        return None, ""
+    total = sum(p.size for p in planes)
+    note = (f"pixel padding ({'; '.join(sorted(described))}): {count} voxels ({100 * count / total:.1f} %) "
+            "set to {background} before the model saw them")
+    return masks, note
+
+
+def _apply_background(scaled: list[np.ndarray], masks: list[np.ndarray | None], modality: str) -> float:
+    """Set padding in rescaled float planes to the background; return it (also the resampling fill)."""
+    real = [p[~m] if m is not None else p.ravel() for p, m in zip(scaled, masks, strict=True)]
+    real = [r for r in real if r.size]
+    background = background_value(modality, min(float(r.min()) for r in real) if real else None)
+    for plane, mask in zip(scaled, masks, strict=True):
+        if mask is not None:
+            plane[mask] = background
+    return background
+
+
+def _mask_stack(stacked: np.ndarray, masks: list[np.ndarray | None], modality: str) -> np.ndarray:
+    """Set padding in a ``[z, row, col]`` stack to the background, widening the dtype if it must."""
+    full = np.stack([m if m is not None else np.zeros(stacked.shape[1:], dtype=bool) for m in masks])
+    real = stacked[~full]
+    background = background_value(modality, float(real.min()) if real.size else None)
+    if stacked.dtype.kind in "iu":
+        info = np.iinfo(stacked.dtype)
+        if not (info.min <= background <= info.max) or background != int(background):
+            stacked = stacked.astype(np.float32 if background != int(background) else np.int32)
+    stacked[full] = background
+    return stacked
+
+
+def _background_text(modality: str, array: np.ndarray) -> str:
+    if modality.upper() == "CT":
+        return "-1024 HU (air)"
+    return "the image's lowest real value (its background)"
+
+
+def _check_memory(plan: _Plan) -> None:
+    """Refuse before decoding when the declared pixels cannot fit the memory budget."""
+    images = len(plan.frames) + sum(len(pair) for pair in plan.twins)
+    stored = 4  # bytes per stored value at most for the grey-scale images loaded here
+    work = 8 if plan.resample else 4  # float32 planes and the resampled grid, or the stacked volume
+    needed = images * plan.rows * plan.columns * (stored + work)
+    budget = memory_budget()
+    if needed > budget:
+        raise SeriesSkipped(
+            f"declared size {plan.columns}x{plan.rows} pixels x {images} images needs about {format_bytes(needed)} "
+            f"of memory, more than the memory budget of {format_bytes(budget)} (MEDHUB_MEMORY_BUDGET): not loaded"
+        )
 
 
 # ---------------------------------------------------------------- header check
 
 
-def _plan(series: Series) -> _Plan:
+def _plan(series: Series, max_missing: int, undecodable: dict[Path, str]) -> _Plan:
     check = SeriesCheck()
     plan = _Plan(check=check)
     try:
-        _check_into(series, plan)
+        _check_into(series, plan, max_missing, undecodable)
     except _Skip as skip:
         check.skip_reason = str(skip)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as error:
+        # A header value of a shape no check above foresaw: refuse with what it was, never crash the run.
+        check.skip_reason = f"cannot interpret the image headers ({type(error).__name__}: {_first_line(error)})"
     return plan
 
 
-def _check_into(series: Series, plan: _Plan) -> None:
+def _check_into(series: Series, plan: _Plan, max_missing: int, undecodable: dict[Path, str]) -> None:
     if not series.instances:
         raise _Skip("no instances")
+    plan.check.findings.extend(series.findings)
     for instance in series.instances:
         _check_image_instance(instance)
     frames = [frame for instance in series.instances for frame in _frames_of(instance)]
     plan.check.images = len(frames)
-    _check_consistency(series.instances, frames)
-    plan.orientation = np.asarray(frames[0].orientation, dtype=float)
+    plan.rows, plan.columns = _size(series.instances)
+    _check_consistency(frames)
+    plan.orientation, plan.normalised = _orthonormal(frames, plan.check)
     plan.pixel_spacing = frames[0].pixel_spacing  # type: ignore[assignment]
-    plan.rows, plan.columns = int(series.instances[0].header.Rows), int(series.instances[0].header.Columns)
+    frames = _without_unusable(frames, undecodable, plan)
+    if not frames:
+        raise _Skip(f"no usable slice: {_summary(plan.left_out)}")
+    frames = _resolve_reused_uids(frames, plan)
     if len(frames) == 1:
-        raise _Skip("single slice")
+        raise _Skip("single slice" + (f" (after leaving out {_summary(plan.left_out)})" if plan.left_out else ""))
     normal = geometry.slice_normal(plan.orientation)
     order = geometry.sort_by_position(np.array([f.position for f in frames]), normal)
     groups = _group_positions([frames[i] for i in order])
     kept, twins = _resolve_duplicates(groups, plan.check)
-    plan.frames, plan.twins = kept, twins
+    plan.frames, plan.twins = kept, plan.twins + twins
     plan.check.planes = len(kept)
     if len(kept) == 1:
         raise _Skip("single slice (after removing duplicates)")
@@ -190,10 +348,8 @@ def _check_into(series: Series, plan: _Plan) -> None:
             f"uneven slice spacing {spacing.min_gap:.2f}–{spacing.max_gap:.2f} mm: resampled to {plan.step:.2f} mm"
         )
     else:
-        index, gap = spacing.missing[0]
-        where = f"z={spacing.locations[index]:.1f}..{spacing.locations[index + 1]:.1f} mm along the slice normal"
-        count = "" if len(spacing.missing) == 1 else f" (and {len(spacing.missing) - 1} more gaps)"
-        raise _Skip(f"missing slice: gap of {gap:.2f} mm at {where}{count}, spacing {spacing.dominant:.2f} mm")
+        plan.step = spacing.dominant
+        _missing_slices(spacing, max_missing, len(kept), plan)
     tilted = geometry.is_tilted(positions, plan.orientation, plan.pixel_spacing)
     if tilted:
         angle = geometry.tilt_angle(positions, plan.orientation)
@@ -201,35 +357,143 @@ def _check_into(series: Series, plan: _Plan) -> None:
     plan.resample = tilted or not spacing.regular
 
 
+def _missing_slices(spacing: geometry.SpacingAnalysis, max_missing: int, real: int, plan: _Plan) -> None:
+    """Short gaps are interpolated (said so); a gap longer than ``max_missing`` slices refuses the series."""
+    gaps = [(index, gap, max(1, round(gap / spacing.dominant) - 1)) for index, gap in spacing.missing]
+
+    def where(index: int) -> str:
+        return f"z={spacing.locations[index]:.1f}..{spacing.locations[index + 1]:.1f} mm"
+
+    too_long = [g for g in gaps if g[2] > max_missing]
+    if too_long:
+        index, gap, count = max(too_long, key=lambda g: g[2])
+        more = f" (and {len(gaps) - 1} more gaps)" if len(gaps) > 1 else ""
+        left_out = f"; left out: {_summary(plan.left_out)}" if plan.left_out else ""
+        raise _Skip(
+            f"{_missing(count)} at {where(index)} along the slice normal (a gap of {gap:.2f} mm, "
+            f"spacing {spacing.dominant:.2f} mm){more}: more than the {max_missing} allowed "
+            f"(select.max_missing_slices){left_out}"
+        )
+    total = sum(g[2] for g in gaps)
+    places = ", ".join(f"{count} at {where(index)}" for index, _, count in gaps)
+    plan.check.findings.append(
+        f"{_missing(total)} ({places}): interpolated onto a regular {spacing.dominant:.2f} mm grid; "
+        f"results lie on the {real} real slices"
+    )
+
+
+def _missing(count: int) -> str:
+    return "1 missing slice" if count == 1 else f"{count} missing slices"
+
+
+def _summary(items: list[str], limit: int = 4) -> str:
+    return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _without_unusable(frames: list[_Frame], undecodable: dict[Path, str], plan: _Plan) -> list[_Frame]:
+    """Leave out planes with unusable rescale values or undecodable files; the gap rules then decide."""
+    usable = []
+    for frame in frames:
+        reason = frame.problem or undecodable.get(frame.instance.path, "")
+        if reason:
+            where = frame.instance.path.name + (f" frame {frame.frame}" if frame.frame else "")
+            text = reason if frame.instance.path.name in reason else f"{where}: {reason}"
+            if text not in plan.left_out:
+                plan.left_out.append(text)
+        else:
+            usable.append(frame)
+    if plan.left_out:
+        plan.check.findings.append(f"{len(plan.left_out)} left out: {_summary(plan.left_out)}")
+    return usable
+
+
+def _size(instances: list[Instance]) -> tuple[int, int]:
+    sizes = {(int(i.header.Rows), int(i.header.Columns)) for i in instances}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{r}x{c}" for r, c in sorted(sizes))
+        raise _Skip(f"inconsistent rows/columns across instances ({listed})")
+    rows, columns = sizes.pop()
+    if rows < 1 or columns < 1:
+        raise _Skip(f"no pixels: Rows {rows}, Columns {columns}")
+    return rows, columns
+
+
 def _check_image_instance(instance: Instance) -> None:
     header = instance.header
     name = instance.path.name
     if "Rows" not in header or "Columns" not in header:
         raise _Skip(f"no pixel data: {name} is not an image ({_sop_name(instance.sop_class_uid)})")
-    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
+    photometric = str(header.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if photometric not in SUPPORTED_PHOTOMETRIC:
         raise _Skip(f"unsupported photometric interpretation {photometric} ({name})")
-    if int(header.get("SamplesPerPixel", 1)) != 1:
+    if int(header.get("SamplesPerPixel", 1) or 1) != 1:
         raise _Skip(f"unsupported samples per pixel {header.SamplesPerPixel} ({name})")
 
 
-def _check_consistency(instances: list[Instance], frames: list[_Frame]) -> None:
-    sizes = {(int(i.header.Rows), int(i.header.Columns)) for i in instances}
-    if len(sizes) > 1:
-        listed = ", ".join(f"{r}x{c}" for r, c in sorted(sizes))
-        raise _Skip(f"inconsistent rows/columns across instances ({listed})")
+def _check_consistency(frames: list[_Frame]) -> None:
     for frame in frames:
         if frame.position is None or frame.orientation is None:
             where = frame.instance.path.name + (f" frame {frame.frame}" if frame.frame else "")
             raise _Skip(f"no ImagePositionPatient/ImageOrientationPatient in {where}: not a cross-sectional image")
         if frame.pixel_spacing is None:
             raise _Skip(f"no PixelSpacing in {frame.instance.path.name}")
+        if min(frame.pixel_spacing) <= 0:
+            raise _Skip(f"PixelSpacing {list(frame.pixel_spacing)} in {frame.instance.path.name} is not positive")
     reference = np.asarray(frames[0].orientation)
     if any(np.abs(np.asarray(f.orientation) - reference).max() > ORIENTATION_TOLERANCE for f in frames):
         raise _Skip("inconsistent orientation across instances (localizer or several stacks in one series?)")
     spacings = np.array([f.pixel_spacing for f in frames], dtype=float)
     if np.abs(spacings - spacings[0]).max() > 1e-3 * spacings[0].max():
         raise _Skip(f"mixed pixel spacing {spacings.min():.3f}–{spacings.max():.3f} mm")
+
+
+def _orthonormal(frames: list[_Frame], check: SeriesCheck) -> tuple[np.ndarray, bool]:
+    """The series' orientation as two perpendicular unit vectors, and whether it had to be normalised."""
+    orientation = np.asarray(frames[0].orientation, dtype=float)
+    error = geometry.orthonormality_error(orientation)
+    if error <= ORTHONORMAL_NOISE:
+        return orientation, False
+    values = "\\".join(f"{v:g}" for v in orientation)
+    row, column = np.linalg.norm(orientation[:3]), np.linalg.norm(orientation[3:])
+    measured = f"row length {row:.4g}, column length {column:.4g}, dot product {orientation[:3] @ orientation[3:]:.2g}"
+    if error > ORTHONORMAL_TOLERANCE or row == 0 or column == 0:
+        raise _Skip(f"ImageOrientationPatient {values} is not orthonormal ({measured}; tolerance "
+                    f"{ORTHONORMAL_TOLERANCE:g}): the image geometry is undefined")
+    if any(f.frame is not None for f in frames):
+        raise _Skip(f"ImageOrientationPatient {values} of a multi-frame image is {error:.1e} off orthonormal "
+                    f"({measured}); it cannot be corrected in its functional groups")
+    normalised = geometry.orthonormalise(orientation)
+    corrected = "\\".join(f"{v:.6g}" for v in normalised)
+    check.findings.append(
+        f"ImageOrientationPatient {values} is {error:.1e} off orthonormal ({measured}; cosines written with too "
+        f"few digits?): normalised to {corrected}, which results carry"
+    )
+    return normalised, True
+
+
+def _resolve_reused_uids(frames: list[_Frame], plan: _Plan) -> list[_Frame]:
+    """One SOP instance in several files: copies are kept once (pixels compared at load); different
+    images sharing a SOPInstanceUID refuse the series (a SEG cannot reference them unambiguously)."""
+    by_uid: dict[tuple[str, int | None], list[_Frame]] = {}
+    for frame in frames:
+        if frame.instance.sop_instance_uid:
+            by_uid.setdefault((frame.instance.sop_instance_uid, frame.frame), []).append(frame)
+    copies = 0
+    dropped: set[int] = set()
+    for (uid, _), group in by_uid.items():
+        if len(group) < 2:
+            continue
+        if len({_fingerprint(f.instance.header, keep_volatile=True) for f in group}) > 1:
+            names = ", ".join(f.instance.path.name for f in group[:3])
+            raise _Skip(f"SOPInstanceUID {uid} is used by {len(group)} different images ({names}): a result "
+                        "could not say which one it refers to")
+        for other in group[1:]:
+            plan.twins.append((group[0], other))
+            dropped.add(id(other))
+            copies += 1
+    if copies:
+        plan.check.findings.append(f"{copies} duplicate positions removed (same SOP instance in several files)")
+    return [f for f in frames if id(f) not in dropped]
 
 
 def _group_positions(frames: list[_Frame]) -> list[list[_Frame]]:
@@ -247,35 +511,22 @@ def _resolve_duplicates(
     groups: list[list[_Frame]], check: SeriesCheck
 ) -> tuple[list[_Frame], list[tuple[_Frame, _Frame]]]:
     """Keep one frame per position when the extra ones are copies; raise a 4D skip otherwise."""
-    same_instance = 0
-    unique_groups: list[list[_Frame]] = []
-    for group in groups:
-        seen: dict[tuple[str, int | None], _Frame] = {}
-        for frame in group:
-            key = (frame.instance.sop_instance_uid, frame.frame)
-            if key[0] and key in seen:
-                same_instance += 1
-            else:
-                seen[key] = frame
-        unique_groups.append(list(seen.values()))
-    crowded = [g for g in unique_groups if len(g) > 1]
+    crowded = [g for g in groups if len(g) > 1]
     twins: list[tuple[_Frame, _Frame]] = []
     if crowded:
         if all(_same_headers(g) for g in crowded):
             twins = [(g[0], other) for g in crowded for other in g[1:]]
         else:
-            images = sum(len(g) for g in unique_groups)
-            if len({len(g) for g in unique_groups}) == 1:
-                raise _Skip(f"4D: {images} images at {len(unique_groups)} positions")
+            images = sum(len(g) for g in groups)
+            if len({len(g) for g in groups}) == 1:
+                raise _Skip(f"4D: {images} images at {len(groups)} positions")
             raise _Skip(
-                f"{len(crowded)} of {len(unique_groups)} positions hold several different images "
+                f"{len(crowded)} of {len(groups)} positions hold several different images "
                 f"({images} images): not one 3D volume"
             )
-    if same_instance:
-        check.findings.append(f"{same_instance} duplicate positions removed (same SOP instance in several files)")
     if twins:
         check.findings.append(f"{len(twins)} duplicate positions removed (identical headers)")
-    return [g[0] for g in unique_groups], twins
+    return [g[0] for g in groups], twins
 
 
 def _same_headers(group: list[_Frame]) -> bool:
@@ -286,8 +537,9 @@ def _same_headers(group: list[_Frame]) -> bool:
     return len(fingerprints) == 1
 
 
-def _fingerprint(header: Dataset) -> tuple[tuple[int, str], ...]:
-    return tuple((int(e.tag), str(e.value)) for e in header if e.keyword not in VOLATILE_TAGS and e.tag.group != 0x0002)
+def _fingerprint(header: Dataset, keep_volatile: bool = False) -> tuple[tuple[int, str], ...]:
+    return tuple((int(e.tag), str(e.value)) for e in header
+                 if (keep_volatile or e.keyword not in VOLATILE_TAGS) and e.tag.group != 0x0002)
 
 
 # ---------------------------------------------------------------- frames from headers
@@ -320,20 +572,37 @@ def _frame_from(
                     return value
         return header.get(keyword)
 
-    position = attribute("PlanePositionSequence", "ImagePositionPatient")
-    orientation = attribute("PlaneOrientationSequence", "ImageOrientationPatient")
-    spacing = attribute("PixelMeasuresSequence", "PixelSpacing")
-    slope = attribute("PixelValueTransformationSequence", "RescaleSlope")
-    intercept = attribute("PixelValueTransformationSequence", "RescaleIntercept")
+    spacing = _vector(attribute("PixelMeasuresSequence", "PixelSpacing"), 2)
+    slope, slope_problem = _rescale(attribute("PixelValueTransformationSequence", "RescaleSlope"), "RescaleSlope", 1.0)
+    intercept, intercept_problem = _rescale(attribute("PixelValueTransformationSequence", "RescaleIntercept"),
+                                            "RescaleIntercept", 0.0)
     return _Frame(
         instance=instance,
         frame=number,
-        position=_vector(position, 3),
-        orientation=_vector(orientation, 6),
-        pixel_spacing=tuple(_vector(spacing, 2)) if _vector(spacing, 2) is not None else None,  # type: ignore[arg-type]
-        slope=float(slope) if slope not in (None, "") else 1.0,
-        intercept=float(intercept) if intercept not in (None, "") else 0.0,
+        position=_vector(attribute("PlanePositionSequence", "ImagePositionPatient"), 3),
+        orientation=_vector(attribute("PlaneOrientationSequence", "ImageOrientationPatient"), 6),
+        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing is not None else None,
+        slope=slope,
+        intercept=intercept,
+        problem="; ".join(p for p in (slope_problem, intercept_problem) if p),
     )
+
+
+def _rescale(value: Any, keyword: str, default: float) -> tuple[float, str]:
+    """A rescale value and, when it is unusable (not a number, not finite, a zero slope), why."""
+    if value is None or (isinstance(value, str | bytes) and not value.strip()):
+        return default, ""
+    if not isinstance(value, str | bytes | int | float) and hasattr(value, "__len__"):  # multi-valued: take none
+        return default, f"{keyword} has {len(value)} values, not one"
+    try:
+        number = float(value.decode("ascii", "replace") if isinstance(value, bytes) else value)
+    except (TypeError, ValueError, OverflowError):
+        return default, f"{keyword} {str(value).strip()!r} is not a number"
+    if not math.isfinite(number):
+        return default, f"{keyword} is {str(value).strip()}, not a finite number"
+    if keyword == "RescaleSlope" and number == 0:
+        return default, "RescaleSlope is 0 (every pixel would be the intercept)"
+    return number, ""
 
 
 def _vector(value: Any, length: int) -> np.ndarray | None:
@@ -341,7 +610,7 @@ def _vector(value: Any, length: int) -> np.ndarray | None:
         return None
     try:
         array = np.array([float(v) for v in value], dtype=float)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return array if array.size == length and np.isfinite(array).all() else None
 
@@ -353,128 +622,32 @@ def _key(frame: _Frame) -> tuple[str, int | None]:
     return (str(frame.instance.path), frame.frame)
 
 
-def _decode(frames: Iterable[_Frame], rows: int, columns: int) -> dict[tuple[str, int | None], np.ndarray]:
-    """Decode each needed file once; return stored pixel values per (path, frame)."""
+def _decode(frames: list[_Frame], rows: int, columns: int,
+            pixels: dict[tuple[str, int | None], np.ndarray]) -> dict[Path, str]:
+    """Decode each needed file once into ``pixels`` (stored values per (path, frame)); return the
+    files that could not be decoded, with the reason."""
     by_path: dict[Path, list[_Frame]] = {}
     for frame in frames:
-        by_path.setdefault(frame.instance.path, []).append(frame)
-    pixels: dict[tuple[str, int | None], np.ndarray] = {}
+        if _key(frame) not in pixels:
+            by_path.setdefault(frame.instance.path, []).append(frame)
+    failures: dict[Path, str] = {}
     for path, wanted in by_path.items():
-        data = _read_native(path, wanted[0].instance.header)
-        if data is None:
-            data = _read_with_pydicom(path)
-        if data.ndim == 2:
-            data = data[None]
-        if data.shape[1:] != (rows, columns):
-            raise SeriesSkipped(
-                f"{path.name}: decoded pixels {data.shape[1:]} differ from Rows/Columns {(rows, columns)}"
-            )
+        try:
+            data = read_stored_pixels(wanted[0].instance, rows, columns)
+        except PixelReadError as error:
+            failures[path] = str(error)
+            continue
         for frame in wanted:
-            pixels[_key(frame)] = data[(frame.frame or 1) - 1]
-    return pixels
-
-
-def _read_with_pydicom(path: Path) -> np.ndarray:
-    """The stored pixel values of any file pydicom can decode, with one-line errors."""
-    try:
-        dataset = pydicom.dcmread(path)
-    except Exception as error:  # noqa: BLE001 - a broken file fails its series (exit code 1), not the run
-        raise MedhubError(f"cannot read {path}: {_first_line(error)}") from error
-    if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
-        raise SeriesSkipped(f"no pixel data in {path.name}")
-    try:
-        return dataset.pixel_array
-    except Exception as error:  # noqa: BLE001 - decoder errors vary by plugin; the series fails with the reason
-        raise MedhubError(_decode_failure(path, dataset, error)) from error
-
-
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
-
-
-def _read_native(path: Path, header: Dataset) -> np.ndarray | None:
-    """Uncompressed little-endian grey-scale pixels read straight from the end of the file, or None.
-
-    ``header`` is the scan's parse of the same file (up to the pixel data). Reading the pixels
-    with ``dcmread`` would parse that header a second time: 0.25 of the 0.4 s CPU a 300-slice CT
-    took. When the file ends with a Pixel Data element of exactly the size the header describes
-    (the layout of nearly every uncompressed CT/MR/PET file), its value is those pixels, and
-    the array is the one pydicom's ``pixel_array`` gives: same dtype, shape and values. This
-    path is only taken where that holds trivially -- 8/16/32 bits allocated, one sample per
-    pixel, little endian; unused high bits are corrected as pydicom does (shifted out and back,
-    so signed values are sign-extended) -- and anything else (compressed or big-endian
-    transfer syntax, bits to mask or sign-extend, colour, trailing elements after the pixel
-    data, a file changed since the scan) returns None, for pydicom to read the whole file.
-    """
-    meta = getattr(header, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-        return None
-    try:
-        bits = int(header.BitsAllocated)
-        signed = int(header.PixelRepresentation)
-        rows, columns = int(header.Rows), int(header.Columns)
-        frames = int(header.get("NumberOfFrames") or 1)
-        stored = int(header.BitsStored)
-        simple = (
-            bits in (8, 16, 32) and 1 <= stored <= bits and signed in (0, 1)
-            and int(header.get("SamplesPerPixel") or 1) == 1
-            and str(header.get("PhotometricInterpretation", "")).strip() in ("MONOCHROME1", "MONOCHROME2")
-        )
-    except (AttributeError, TypeError, ValueError):
-        return None
-    if not simple or rows < 1 or columns < 1 or frames < 1:
-        return None
-    length = rows * columns * frames * (bits // 8)
-    padded = length + (length & 1)
-    if syntax == ExplicitVRLittleEndian:
-        element = (_PIXEL_DATA_TAG + (b"OB" if bits == 8 else b"OW"), _PIXEL_DATA_TAG + b"OB", _PIXEL_DATA_TAG + b"OW")
-        element = tuple(e + b"\0\0" + padded.to_bytes(4, "little") for e in element)
-    else:
-        element = (_PIXEL_DATA_TAG + padded.to_bytes(4, "little"),)
-    head = len(element[0])
-    try:
-        with open(path, "rb") as fp:
-            size = os.fstat(fp.fileno()).st_size
-            if size < padded + head:
-                return None
-            fp.seek(size - padded - head)
-            buffer = bytearray(padded + head)
-            if fp.readinto(buffer) != len(buffer):
-                return None
-    except OSError:
-        return None
-    if bytes(buffer[:head]) not in element:
-        return None
-    dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder("<")
-    data = np.frombuffer(buffer, dtype=dtype, count=rows * columns * frames, offset=head)
-    data = data.astype(dtype.newbyteorder("="), copy=False)
-    if stored < bits:  # pydicom's correction of the unused high bits: sign-extend (signed) or clear them
-        np.left_shift(data, bits - stored, out=data)
-        np.right_shift(data, bits - stored, out=data)
-    return data.reshape(rows, columns) if frames == 1 else data.reshape(frames, rows, columns)
-
-
-def _decode_failure(path: Path, dataset: Dataset, error: Exception) -> str:
-    """Say whether a plugin is missing (and which) or the data itself is broken."""
-    uid = UID(str(dataset.file_meta.get("TransferSyntaxUID", "")))
-    name = uid.name if uid else "unknown transfer syntax"
-    try:
-        decoder = get_decoder(uid)
-    except NotImplementedError:
-        return f"cannot decode {path}: {name} has no pixel data decoder in pydicom ({_first_line(error)})"
-    if not decoder.is_available:
-        needs = "; or ".join(decoder.missing_dependencies) or "a pixel data plugin"
-        return f"cannot decode {path}: {name} needs {needs} ({_first_line(error)})"
-    return f"cannot decode {path}: {name} pixel data is corrupt or unsupported ({_first_line(error)})"
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
+            index = (frame.frame or 1) - 1
+            if index >= len(data):
+                failures[path] = f"{path.name}: frame {frame.frame} is not in its pixel data ({len(data)} frames)"
+                break
+            pixels[_key(frame)] = data[index]
+    return failures
 
 
 def _stack(planes: list[np.ndarray], frames: list[_Frame]) -> np.ndarray:
-    """Stack ``[row, col]`` planes into ``[x, y, z]`` in modality units, in the tightest exact dtype.
+    """Stack ``[row, col]`` planes into ``[z, row, col]`` in modality units, in the tightest exact dtype.
 
     Stored values stay as they are without rescale; integral slope/intercept give int16 (or
     int32 when the range needs it, as for CT in HU); anything else float32.
@@ -496,28 +669,19 @@ def _stack(planes: list[np.ndarray], frames: list[_Frame]) -> np.ndarray:
             dtype = np.dtype(np.float32)
     else:
         dtype = np.dtype(np.float32)
-    out = np.empty((len(planes), *planes[0].shape), dtype=dtype)  # [z, row, col], viewed as [x, y, z]
+    out = np.empty((len(planes), *planes[0].shape), dtype=dtype)
     work = np.float64 if dtype.kind == "f" else np.int64
     for k, (plane, slope, intercept) in enumerate(zip(planes, slopes, intercepts, strict=True)):
         if slope == 1 and intercept == 0:
             out[k] = plane
         else:
             out[k] = plane.astype(work) * work(slope) + work(intercept)
-    return out.transpose(2, 1, 0)
+    return out
 
 
-def missing_uids(series: Series) -> list[str]:
-    """The UIDs a SEG must reference that this series' files lack (empty when it can be referenced)."""
-    missing = []
-    if not series.study_instance_uid:
-        missing.append("StudyInstanceUID")
-    if not series.series_instance_uid:
-        missing.append("SeriesInstanceUID")
-    if not all(i.sop_instance_uid for i in series.instances):
-        missing.append("SOPInstanceUID")
-    if not all(str(i.header.get("FrameOfReferenceUID", "") or "").strip() for i in series.instances):
-        missing.append("FrameOfReferenceUID")  # Type 1: a SEG's planes and an RTSTRUCT's contours live in it
-    return missing
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
 
 
 def _sop_name(uid: str) -> str:

@@ -61,6 +61,8 @@ class SelectionRules(BaseModel):
     input: str = Field("dicom", description="data-type query the series must match, e.g. dicom:mod=ct")
     min_slices: int = Field(10, ge=0, description="fewer images than this: rejected as localizer / too few")
     max_slices: int | None = Field(None, ge=1, description="more images than this: rejected as too many")
+    max_missing_slices: int = Field(2, ge=0, description="longest run of missing slices the loader interpolates; "
+                                                         "a longer gap refuses the series")
     max_slice_thickness_mm: float | None = Field(None, gt=0, description="thicker slices than this: rejected")
     exclude_non_image: bool = True
     exclude_secondary_capture: bool = True

@@ -36,6 +36,7 @@ def task_payload(pipeline: Pipeline, series: Series) -> dict[str, Any]:
         "device": options.device,
         "debug": options.debug,
         "key": series.key,
+        "findings": list(series.findings),
         "paths": [str(Path(i.path).resolve()) for i in series.instances],
     }
 
@@ -49,8 +50,10 @@ def process_series_task(payload: dict[str, Any]) -> dict[str, Any]:
         template=payload["template"], debug=payload["debug"],
     )
     pipeline = Pipeline(model, options)
-    result = scan_files([Path(p) for p in payload["paths"]])
+    result = scan_files([Path(p) for p in payload["paths"]], key=payload["key"])
     series = next((s for s in result.series if s.key == payload["key"]), None)
+    if series is not None:
+        series.findings = list(payload.get("findings", []))  # e.g. the scan split it from another patient's
     if series is None:
         problems = "; ".join(u.reason for u in result.unreadable[:2]) or "they now group differently"
         return _failed(payload, f"the series' files changed since the scan: {problems}").to_dict()

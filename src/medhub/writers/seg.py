@@ -44,6 +44,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
 
+from medhub.data.header_view import header_view
 from medhub.data.volume import SourceGrid
 from medhub.errors import MedhubError
 from medhub.segdb import Code, SegmentSpec, get_segment
@@ -315,11 +316,8 @@ def _with_shared_geometry(dataset: Dataset, source: SourceGrid, where: str) -> D
     new_shared.PlaneOrientationSequence = hd.PlaneOrientationSequence(
         coordinate_system="PATIENT", image_orientation=[float(v) for v in source.orientation]
     )
-    view = Dataset()
-    view.update(dataset)
-    view.SharedFunctionalGroupsSequence = [new_shared]
-    if hasattr(dataset, "file_meta"):
-        view.file_meta = dataset.file_meta
+    view = header_view(dataset)
+    view[0x52009229] = DataElement(0x52009229, "SQ", [new_shared])  # a new element: the source keeps its own
     return view
 
 

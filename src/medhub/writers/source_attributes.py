@@ -29,6 +29,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, TM
 
+from medhub.data.header_view import header_view
+
 #: Type 2 attributes of the Patient (C.7.1.1) and General Study (C.7.2.1) modules.
 PATIENT_STUDY_TYPE2 = (
     "PatientName",
@@ -87,21 +89,20 @@ def source_view(dataset: Dataset) -> Dataset:
     Absent or malformed Type 2 patient/study attributes are present and empty; a character set
     that is not a defined term becomes ISO_IR 192 with the text values decoded leniently first.
     Unchanged elements are shared with ``dataset`` (no pixel data is copied). Private elements
-    are left out: no writer copies them, and in an Implicit VR file (what most modalities send
-    over DIMSE) pydicom guesses their VR from its private dictionary, which fails on real Philips
-    headers ((01F1,1026) holds DS text where the dictionary says FD).
+    not yet read are left out (:func:`medhub.data.header_view.header_view`): no writer copies them,
+    and in an Implicit VR file (what most modalities send over DIMSE) pydicom guesses their VR from
+    its private dictionary, which fails on real Philips headers ((01F1,1026) holds DS text where the
+    dictionary says FD).
     """
-    view = Dataset()
-    for tag, element in dataset.items():  # raw elements stay raw until a writer reads them
-        if not tag.is_private:
-            view[tag] = element
-    if hasattr(dataset, "file_meta"):
-        view.file_meta = dataset.file_meta
+    view = header_view(dataset)
     charset = dataset.get("SpecificCharacterSet")
     if not is_defined_character_set(charset):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns for every value of an unknown character set
-            for element in dataset:
+            for tag in dataset.keys():  # noqa: SIM118 - iterating a Dataset would convert private elements too
+                if tag.is_private:
+                    continue  # writers copy no private element
+                element = dataset[tag]  # converted with the source's (lenient) character set
                 if element.VR in _TEXT_VRS and element.value is not None:
                     view[element.tag] = DataElement(element.tag, element.VR, _as_text(element.value))
         _put(view, "SpecificCharacterSet", UTF8)

@@ -21,10 +21,11 @@ class Load(Step):
 
     def run(self, work: SeriesWork) -> None:
         if work.series is not None:
-            work.volume = load_series(work.series)
+            rules = selection_rules(work.card, work.workflow)
+            work.volume = load_series(work.series, max_missing_slices=rules.max_missing_slices)
             work.entry.findings.extend(work.volume.findings)
             # the selection rules a volume answers that the headers could not (thickness from the spacing)
-            if why := volume_rejection_reason(work.series, work.volume, selection_rules(work.card, work.workflow)):
+            if why := volume_rejection_reason(work.series, work.volume, rules):
                 raise SeriesSkipped(why)
         elif work.nifti is not None:
             work.volume = load_nifti(work.nifti)

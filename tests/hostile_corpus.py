@@ -1,0 +1,595 @@
+"""The hostile-input corpus: inputs that real PACS exports, anonymisers and file systems produce, and
+what ``medhub run`` must do with each.
+
+Every case is *generated* from the real scanner data in ``../shared/data`` (nothing of it is stored
+in the repository): a builder copies real files into a folder and applies the one defect the case
+is about. ``tests/test_hostile_corpus.py`` runs ``medhub run`` on each case in a subprocess and
+checks, for every case, the promises the README makes:
+
+* the exit code is the one written down here, stderr holds at most one line and never a traceback;
+* the input tree (and anything a link in it points to) is byte-identical afterwards, mtimes included;
+* no temporary file is left (not in the output, not in ``TMPDIR``);
+* every DICOM object written passes ``dciodvfy`` with 0 errors;
+* the report names every series that did not succeed and every unreadable file, each with a reason,
+
+and then the case's own expectations (statuses, words the report must say, a content check).
+
+Adding a case
+-------------
+1. Write a builder ``def _build_x(case: Path) -> Path``: make files under ``case`` from
+   ``../shared/data`` (use :func:`ct_slices` / :func:`write` for a small real CT series) and return
+   the path to pass as ``--input`` (usually ``case / "input"``). Anything the builder puts next to
+   the input (a folder a symlink points to) is checked for changes too.
+2. Append a :class:`Case` to :data:`CASES`: its name, the expected behaviour in one sentence, the
+   builder, the model and extra arguments, the exit code, the series it expects (by
+   SeriesDescription) with their status and the words their reason/findings/notes must contain, the
+   unreadable files (by name) with a word of their reason, a word of the one stderr line, and
+   optionally ``check(out, report)`` for what only this case can check (voxels, SEG contents).
+3. Run ``python -m pytest tests/test_hostile_corpus.py -k <name>``. To look at the inputs:
+   ``python tests/hostile_corpus.py /tmp/corpus`` writes every case (or ``... /tmp/corpus NAME``).
+
+Keep cases small (the CT series here are 12 slices of 128x128 cut from a real head CT): the whole
+corpus runs in CI.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PHILIPS = SHARED_DATA / "ct" / "philips_phantom_head_1mm"
+TOTALSEG_J2K = SHARED_DATA / "ct" / "totalsegmentator_example_ct_dicom"
+NIFTI_CT = SHARED_DATA / "ct" / "totalsegmentator_nifti" / "example_ct_sm.nii.gz"
+NIFTI_MR_ABDOMEN = SHARED_DATA / "ct" / "totalsegmentator_nifti" / "example_mr_sm.nii.gz"
+NIFTI_T1_BRAIN = SHARED_DATA / "mr" / "brainchop_t1_crop.nii.gz"
+
+CROP = 128  # in-plane size of the corpus CT series (a centred crop of the real 512x512 slices)
+SLICES = 12  # slices per corpus CT series (ct-body takes 5 or more)
+FIRST = 64  # first slice of the real 140 taken
+
+
+# ------------------------------------------------------------------------------------- expectations
+
+
+@dataclass(frozen=True)
+class SeriesExpect:
+    """A series of the report, found by its SeriesDescription (several entries may share one)."""
+
+    description: str
+    status: str  # succeeded, skipped, failed, rejected
+    says: tuple[str, ...] = ()  # words its reason, findings and notes must contain (case-insensitive)
+    count: int = 1  # how many report entries have this description
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    behaviour: str  # what medhub must do, in one sentence (the written-down expectation)
+    build: Callable[[Path], Path]
+    exit_code: int
+    model: str = "ct-body"
+    args: tuple[str, ...] = ()
+    series: tuple[SeriesExpect, ...] = ()
+    unreadable: dict[str, str] = field(default_factory=dict)  # file name → a word of its reason
+    stderr: str = ""  # a word the one stderr line must contain ("" = stderr may be empty)
+    check: Callable[[Path, dict[str, Any]], None] | None = None
+
+
+# ------------------------------------------------------------------------------------- real data
+
+
+def uid(*parts: object) -> str:
+    """A UID derived from the parts: the same case always gets the same UIDs."""
+    return generate_uid(entropy_srcs=[str(p) for p in parts])
+
+
+@functools.cache
+def _philips_by_position() -> tuple[Path, ...]:
+    files = [p for p in PHILIPS.iterdir() if p.is_file()]
+
+    def height(path: Path) -> float:
+        return float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2])
+
+    return tuple(sorted(files, key=height))
+
+
+def ct_slices(label: str, count: int = SLICES, first: int = FIRST, crop: int = CROP) -> list[Dataset]:
+    """``count`` consecutive real CT slices (Philips head phantom, 1 mm), cropped to ``crop``² around the centre.
+
+    A new series ``label`` (its SeriesDescription): Series/SOP Instance UIDs derived from the label,
+    ImagePositionPatient moved to the crop's first pixel, so the geometry stays exact.
+    """
+    out = []
+    series_uid = uid(label, "series")
+    for index, path in enumerate(_philips_by_position()[first:first + count]):
+        ds = pydicom.dcmread(path)
+        start = (ds.Rows - crop) // 2
+        pixels = ds.pixel_array[start:start + crop, start:start + crop]
+        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+        ds.Rows = ds.Columns = crop
+        position = [float(v) for v in ds.ImagePositionPatient]
+        spacing = [float(v) for v in ds.PixelSpacing]
+        ds.ImagePositionPatient = [position[0] + start * spacing[1], position[1] + start * spacing[0], position[2]]
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = uid(label, ds.SOPInstanceUID)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesDescription = label
+        ds.InstanceNumber = index + 1
+        out.append(ds)
+    return out
+
+
+def write(datasets: list[Dataset], folder: Path, prefix: str = "IM") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, ds in enumerate(datasets):
+        path = folder / f"{prefix}{index:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _raw_ds(ds: Dataset, keyword: str, text: str) -> None:
+    """Put a DS value as raw bytes (pydicom would refuse to encode 'NaN' itself)."""
+    tag = Tag(keyword)
+    value = text.encode("ascii")
+    if len(value) % 2:
+        value += b" "
+    ds[tag] = RawDataElement(tag, "DS", len(value), value, 0, False, True)
+
+
+def _input(case: Path) -> Path:
+    folder = case / "input"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+# ------------------------------------------------------------------------------------- builders
+
+
+def _build_rescale_non_finite(case: Path) -> Path:
+    datasets = ct_slices("rescale non-finite")
+    _raw_ds(datasets[3], "RescaleIntercept", "inf")
+    _raw_ds(datasets[8], "RescaleSlope", "NaN")
+    write(datasets, _input(case))
+    return case / "input"
+
+
+def _build_rescale_zero_run(case: Path) -> Path:
+    datasets = ct_slices("rescale zero")
+    for index in (5, 6, 7):
+        _raw_ds(datasets[index], "RescaleSlope", "0")
+    write(datasets, _input(case))
+    return case / "input"
+
+
+def _build_two_patients(case: Path) -> Path:
+    """A broken anonymiser gave two patients' scans (same protocol, same positions) one SeriesInstanceUID."""
+    first = ct_slices("shared series uid", first=40)
+    second = ct_slices("shared series uid", first=90)
+    for label, datasets in (("A", first), ("B", second)):
+        for ds in datasets:
+            ds.PatientID = f"PATIENT-{label}"
+            ds.PatientName = f"Patient^{label}"
+            ds.StudyInstanceUID = uid("study", label)
+            ds.SOPInstanceUID = uid("two patients", label, ds.SOPInstanceUID)
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        # the same positions for both: as if one patient's scan, 4D or duplicated
+        for ds, reference in zip(datasets, first, strict=True):
+            ds.ImagePositionPatient = reference.ImagePositionPatient
+    write(first, _input(case), "A")
+    write(second, _input(case), "B")
+    return case / "input"
+
+
+def _check_two_patients(out: Path, report: dict[str, Any]) -> None:
+    seen = {}
+    for entry in report["series"]:
+        seg = next(out / o for o in entry["outputs"] if o.endswith(".seg.dcm"))
+        dataset = pydicom.dcmread(seg)
+        referenced = {item.ReferencedSOPInstanceUID for series in dataset.ReferencedSeriesSequence
+                      for item in series.ReferencedInstanceSequence}
+        assert referenced == set(entry["sop_instance_uids"]), "a split SEG references only its own patient's images"
+        seen[str(dataset.PatientID)] = dataset.StudyInstanceUID
+    assert seen == {"PATIENT-A": uid("study", "A"), "PATIENT-B": uid("study", "B")}
+
+
+def _build_same_sop_uid(case: Path) -> Path:
+    datasets = ct_slices("reused SOP instance UID")
+    datasets[9].SOPInstanceUID = datasets[2].SOPInstanceUID
+    datasets[9].file_meta.MediaStorageSOPInstanceUID = datasets[2].SOPInstanceUID
+    write(datasets, _input(case))
+    return case / "input"
+
+
+def _build_exact_copy(case: Path) -> Path:
+    paths = write(ct_slices("exported twice"), _input(case))
+    (case / "input" / "copy_of_IM0004.dcm").write_bytes(paths[4].read_bytes())
+    return case / "input"
+
+
+_PAD_STORED = 4095  # stored value +3071 HU after the intercept: bone to a thresholding model
+
+
+def _ring(crop: int = CROP, radius: float = 50.0) -> np.ndarray:
+    """True outside a centred circle: where a scanner writes padding (outside the reconstruction)."""
+    yy, xx = np.mgrid[:crop, :crop]
+    return np.hypot(yy - crop / 2, xx - crop / 2) > radius
+
+
+def _padded(label: str, values: Callable[[np.ndarray], np.ndarray], **tags: object) -> list[Dataset]:
+    datasets = ct_slices(label)
+    ring = _ring()
+    for ds in datasets:
+        pixels = ds.pixel_array.copy()
+        pixels[ring] = values(pixels[ring])
+        ds.PixelData = pixels.tobytes()
+        for keyword, value in tags.items():  # US or SS by PixelRepresentation (pydicom will not guess)
+            ds.add_new(keyword, "SS" if ds.PixelRepresentation else "US", value)
+    return datasets
+
+
+def _build_padding_value(case: Path) -> Path:
+    write(_padded("pixel padding value", lambda v: np.full_like(v, _PAD_STORED), PixelPaddingValue=_PAD_STORED),
+          _input(case))
+    return case / "input"
+
+
+def _build_padding_range(case: Path) -> Path:
+    rng = np.random.default_rng(7)
+    write(_padded("pixel padding range", lambda v: rng.integers(4000, 4096, v.shape).astype(v.dtype),
+                  PixelPaddingValue=4000, PixelPaddingRangeLimit=4095), _input(case))
+    return case / "input"
+
+
+def _check_padding_masked(out: Path, report: dict[str, Any]) -> None:
+    import nibabel as nib
+
+    (entry,) = report["series"]
+    labels = np.asarray(nib.load(out / next(o for o in entry["outputs"] if o.endswith(".nii.gz"))).dataobj)
+    ring = _ring().T  # NIfTI array [x=column, y=row, z]
+    assert not labels[ring].any(), "padding outside the reconstruction circle was segmented"
+    assert labels[~ring].any(), "the phantom inside the circle must still be segmented"
+
+
+def _build_orientation_not_orthonormal(case: Path) -> Path:
+    datasets = ct_slices("column cosine 0.8 long")
+    for ds in datasets:
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0.8, 0]
+    write(datasets, _input(case))
+    return case / "input"
+
+
+def _build_orientation_rounded(case: Path) -> Path:
+    """Cosines written with too few digits: 3e-4 off orthonormal (dciodvfy rejects them as they are)."""
+    datasets = ct_slices("rounded cosines")
+    for ds in datasets:
+        ds.ImageOrientationPatient = [1, 0, 0, 0.0003, 1, 0]
+    write(datasets, _input(case))
+    return case / "input"
+
+
+def _check_orientation_normalised(out: Path, report: dict[str, Any]) -> None:
+    (entry,) = report["series"]
+    seg = pydicom.dcmread(out / next(o for o in entry["outputs"] if o.endswith(".seg.dcm")))
+    orientation = np.array(seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient,
+                           dtype=float)
+    row, column = orientation[:3], orientation[3:]
+    assert abs(np.linalg.norm(row) - 1) < 1e-6 and abs(np.linalg.norm(column) - 1) < 1e-6
+    assert abs(row @ column) < 1e-6
+
+
+def _build_type2_absent(case: Path) -> Path:
+    datasets = ct_slices("no type 2 patient attributes")
+    for ds in datasets:
+        for keyword in ("PatientSex", "PatientBirthDate", "ReferringPhysicianName", "AccessionNumber", "StudyID"):
+            if keyword in ds:
+                delattr(ds, keyword)
+    write(datasets, _input(case))
+    return case / "input"
+
+
+NON_ASCII_NAME = "Müller^Jörg"
+
+
+def _build_charset_utf8(case: Path) -> Path:
+    datasets = ct_slices("UTF-8 character set")
+    for ds in datasets:
+        ds.SpecificCharacterSet = "UTF-8"
+        ds.PatientName = "x"
+        ds["PatientName"].value = NON_ASCII_NAME.encode("utf-8")
+    write(datasets, _input(case))
+    return case / "input"
+
+
+def _check_name_kept(out: Path, report: dict[str, Any]) -> None:
+    for entry in report["series"]:
+        for output in entry["outputs"]:
+            if output.endswith(".dcm"):
+                dataset = pydicom.dcmread(out / output)
+                assert dataset.SpecificCharacterSet == "ISO_IR 192", output
+                assert str(dataset.PatientName) == NON_ASCII_NAME, output
+
+
+def _build_implicit_no_meta(case: Path) -> Path:
+    folder = _input(case)
+    for index, ds in enumerate(ct_slices("implicit VR without file meta")):
+        del ds.file_meta
+        pydicom.dcmwrite(folder / f"IM{index:04d}.dcm", ds, implicit_vr=True, little_endian=True,
+                         enforce_file_format=False)
+    return folder
+
+
+def _build_deflated(case: Path) -> Path:
+    folder = _input(case)
+    for index, ds in enumerate(ct_slices("deflated explicit VR")):
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(folder / f"IM{index:04d}.dcm", enforce_file_format=True)
+    return folder
+
+
+def _build_symlinks(case: Path) -> Path:
+    folder = _input(case)
+    write(ct_slices("inside the tree"), folder / "series")
+    write(ct_slices("behind a link", first=20), case / "elsewhere")
+    os.symlink("..", folder / "series" / "up")  # a loop: the tree again
+    os.symlink(folder / "series", folder / "series_again")  # a second way to the same folder (walked after it)
+    os.symlink("self.dcm", folder / "self.dcm")  # a file link to itself (ELOOP)
+    os.symlink("nowhere.dcm", folder / "broken.dcm")
+    os.symlink(case / "elsewhere", folder / "linked")  # outside the input tree: followed, read only
+    return folder
+
+
+def _build_junk_files(case: Path) -> Path:
+    folder = _input(case)
+    write(ct_slices("good series next to junk"), folder / "series")
+    (folder / "empty.dcm").write_bytes(b"")
+    (folder / "random.dcm").write_bytes(np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    real = _philips_by_position()[0].read_bytes()
+    (folder / "cut_in_preamble.dcm").write_bytes(real[:100])
+    (folder / "cut_in_header.dcm").write_bytes(real[:_element_boundary(real, 1100)])
+    (folder / "random_no_suffix").write_bytes(np.random.default_rng(4).integers(0, 256, 512, dtype=np.uint8).tobytes())
+    return folder
+
+
+def _element_boundary(data: bytes, after: int) -> int:
+    """The first byte offset >= ``after`` where an explicit VR little endian data element starts."""
+    position = 132
+    while position < len(data):
+        group, element = struct.unpack("<HH", data[position:position + 4])
+        vr = data[position + 4:position + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV"):
+            length = struct.unpack("<I", data[position + 8:position + 12])[0]
+            head = 12
+        else:
+            length = struct.unpack("<H", data[position + 6:position + 8])[0]
+            head = 8
+        if position >= after:
+            return position
+        if length == 0xFFFFFFFF:
+            raise ValueError("undefined length before the cut")
+        position += head + length
+    raise ValueError("no element boundary")
+
+
+def _build_truncated_slice(case: Path) -> Path:
+    paths = write(ct_slices("one truncated slice"), _input(case))
+    data = paths[6].read_bytes()
+    paths[6].write_bytes(data[: len(data) // 2])
+    return case / "input"
+
+
+def _build_undecodable_slice(case: Path) -> Path:
+    """One slice whose JPEG 2000 codestream is garbage: well-formed file, the scan accepts it, decoding fails."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    datasets = ct_slices("one undecodable slice")
+    datasets[7].PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 60])
+    datasets[7]["PixelData"].VR = "OB"
+    datasets[7].file_meta.TransferSyntaxUID = JPEG2000Lossless
+    write(datasets, _input(case))
+    return case / "input"
+
+
+def _build_missing(indices: tuple[int, ...], label: str) -> Callable[[Path], Path]:
+    def build(case: Path) -> Path:
+        datasets = [ds for index, ds in enumerate(ct_slices(label)) if index not in indices]
+        write(datasets, _input(case))
+        return case / "input"
+    return build
+
+
+def _build_huge_native(case: Path) -> Path:
+    datasets = ct_slices("one slice declares 65535x65535")
+    datasets[5].Rows = datasets[5].Columns = 65535
+    write(datasets, _input(case))
+    return case / "input"
+
+
+def _build_huge_jpeg2000(case: Path) -> Path:
+    """The real JPEG 2000 CT (TotalSegmentator's example) with every header declaring 65535x65535."""
+    folder = _input(case)
+    for path in sorted(TOTALSEG_J2K.iterdir())[:8]:
+        ds = pydicom.dcmread(path)
+        ds.Rows = ds.Columns = 65535
+        ds.save_as(folder / path.name)
+    return folder
+
+
+def _nifti_header(shape: tuple[int, int, int]) -> bytes:
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.int16)
+    header.set_sform(np.eye(4), code=1)
+    return header.binaryblock + b"\0\0\0\0"
+
+
+def _build_nifti_huge(case: Path) -> Path:
+    folder = _input(case)
+    path = folder / "huge.nii.gz"
+    with gzip.open(path, "wb") as stream:
+        stream.write(_nifti_header((32767, 32767, 32767)) + b"\0" * 4096)
+    return path
+
+
+def _copy_file(source: Path, name: str) -> Callable[[Path], Path]:
+    def build(case: Path) -> Path:
+        target = _input(case) / name
+        target.write_bytes(source.read_bytes())
+        return target
+    return build
+
+
+def _build_nifti_sidecar_mr(case: Path) -> Path:
+    target = _copy_file(NIFTI_CT, "scan.nii.gz")(case)
+    (case / "input" / "scan.json").write_text(json.dumps({"Modality": "MR"}))
+    return target
+
+
+# ------------------------------------------------------------------------------------- the corpus
+
+CASES: list[Case] = [
+    Case("rescale-non-finite",
+         "a slice with RescaleSlope NaN and one with RescaleIntercept inf are left out, naming the tag; the two "
+         "one-slice gaps are interpolated like uneven spacing and the SEG lies on the 10 real planes",
+         _build_rescale_non_finite, 0,
+         series=(SeriesExpect("rescale non-finite", "succeeded", ("RescaleSlope", "RescaleIntercept", "missing")),)),
+    Case("rescale-zero-run",
+         "RescaleSlope 0 on three consecutive slices: they are left out, the gap of 3 slices is longer than the "
+         "2 allowed, so the series is refused naming RescaleSlope",
+         _build_rescale_zero_run, 2, series=(SeriesExpect("rescale zero", "skipped", ("RescaleSlope", "3")),),
+         stderr="RescaleSlope"),
+    Case("two-patients-one-series-uid",
+         "two patients (PatientID and StudyInstanceUID differ) under one SeriesInstanceUID are split into one "
+         "series each, never merged; each SEG belongs to its own patient and the report says so",
+         _build_two_patients, 0, series=(SeriesExpect("shared series uid", "succeeded", ("split",), count=2),),
+         check=_check_two_patients),
+    Case("same-sop-uid-different-images",
+         "two different images carry one SOPInstanceUID: a SEG cannot reference them, the series is refused",
+         _build_same_sop_uid, 2,
+         series=(SeriesExpect("reused SOP instance UID", "skipped", ("SOPInstanceUID",)),), stderr="SOPInstanceUID"),
+    Case("exact-copy",
+         "a byte-for-byte copy of one file under another name is one image: removed as a duplicate, said so",
+         _build_exact_copy, 0, series=(SeriesExpect("exported twice", "succeeded", ("duplicate",)),)),
+    Case("pixel-padding-value",
+         "PixelPaddingValue (stored 4095, +3071 HU) outside the reconstruction circle is set to -1024 HU before "
+         "the model sees it: nothing is segmented there, and the report says so",
+         _build_padding_value, 0, args=("--nifti",),
+         series=(SeriesExpect("pixel padding value", "succeeded", ("padding",)),), check=_check_padding_masked),
+    Case("pixel-padding-range",
+         "PixelPaddingValue 4000 with PixelPaddingRangeLimit 4095: every stored value in 4000..4095 is padding",
+         _build_padding_range, 0, args=("--nifti",),
+         series=(SeriesExpect("pixel padding range", "succeeded", ("padding",)),), check=_check_padding_masked),
+    Case("orientation-not-orthonormal",
+         "a column direction cosine of length 0.8 is refused with the reason (no SEG dciodvfy would reject)",
+         _build_orientation_not_orthonormal, 2,
+         series=(SeriesExpect("column cosine 0.8 long", "skipped", ("ImageOrientationPatient", "orthonormal")),),
+         stderr="ImageOrientationPatient"),
+    Case("orientation-rounded",
+         "cosines 3e-4 off orthonormal (too few digits) are normalised, said so, and the SEG holds the "
+         "normalised cosines (dciodvfy-clean)",
+         _build_orientation_rounded, 0, series=(SeriesExpect("rounded cosines", "succeeded", ("normalised",)),),
+         check=_check_orientation_normalised),
+    Case("type2-patient-attributes-absent",
+         "no PatientSex, PatientBirthDate, ReferringPhysicianName, AccessionNumber, StudyID: SEG and RTSTRUCT are "
+         "written with them present and empty",
+         _build_type2_absent, 0, args=("--rtstruct",),
+         series=(SeriesExpect("no type 2 patient attributes", "succeeded"),)),
+    Case("charset-utf8",
+         "SpecificCharacterSet 'UTF-8' (not a defined term) with a non-ASCII name: read leniently, SEG and "
+         "RTSTRUCT written as ISO_IR 192 with the name intact",
+         _build_charset_utf8, 0, args=("--rtstruct",), series=(SeriesExpect("UTF-8 character set", "succeeded"),),
+         check=_check_name_kept),
+    Case("implicit-vr-without-file-meta",
+         "files with no preamble and no file meta (implicit VR little endian) are found and loaded",
+         _build_implicit_no_meta, 0, series=(SeriesExpect("implicit VR without file meta", "succeeded"),)),
+    Case("deflated-explicit-vr",
+         "Deflated Explicit VR Little Endian files are read and loaded (not called truncated)",
+         _build_deflated, 0, series=(SeriesExpect("deflated explicit VR", "succeeded"),)),
+    Case("symlinks",
+         "a directory link loop, a second link to a walked folder, a file link to itself and a broken link are "
+         "skipped and named; a link to a folder outside the tree is followed (read only) and left unchanged",
+         _build_symlinks, 0,
+         series=(SeriesExpect("inside the tree", "succeeded"), SeriesExpect("behind a link", "succeeded")),
+         unreadable={"up": "loop", "series_again": "already", "self.dcm": "loop", "broken.dcm": "broken"}),
+    Case("junk-dcm-files",
+         "a zero-byte, a random-byte, and two cut *.dcm files are listed as unreadable with path and reason; "
+         "the good series next to them runs; a random file without a DICOM suffix is counted as not DICOM",
+         _build_junk_files, 0, series=(SeriesExpect("good series next to junk", "succeeded"),),
+         unreadable={"empty.dcm": "empty", "random.dcm": "not DICOM", "cut_in_preamble.dcm": "cut",
+                     "cut_in_header.dcm": "truncated"}),
+    Case("one-truncated-slice",
+         "one file of a 12-slice series cut in its pixel data: listed as unreadable, the one-slice gap is "
+         "interpolated, the series runs on its 11 real planes",
+         _build_truncated_slice, 0, series=(SeriesExpect("one truncated slice", "succeeded", ("missing",)),),
+         unreadable={"IM0006.dcm": "truncated"}),
+    Case("one-undecodable-slice",
+         "one slice's JPEG 2000 codestream cannot be decoded: the slice is left out naming the file, the one-slice "
+         "gap is interpolated",
+         _build_undecodable_slice, 0,
+         series=(SeriesExpect("one undecodable slice", "succeeded", ("IM0007.dcm", "cannot decode", "missing")),)),
+    Case("two-missing-slices",
+         "two consecutive slices missing (the default allows up to 2): interpolated, said in the report",
+         _build_missing((5, 6), "two missing slices"), 0,
+         series=(SeriesExpect("two missing slices", "succeeded", ("2 missing slices",)),)),
+    Case("three-missing-slices",
+         "three consecutive slices missing: more than the 2 allowed, the series is refused with the reason",
+         _build_missing((4, 5, 6), "three missing slices"), 2,
+         series=(SeriesExpect("three missing slices", "skipped", ("3 missing slices",)),), stderr="missing"),
+    Case("declared-65535-native",
+         "one uncompressed slice declares 65535x65535: its pixel data does not fit the file, it is unreadable "
+         "(checked before any allocation) and the gap is interpolated",
+         _build_huge_native, 0, series=(SeriesExpect("one slice declares 65535x65535", "succeeded", ("missing",)),),
+         unreadable={"IM0005.dcm": "pixel data"}),
+    Case("declared-65535-jpeg2000",
+         "JPEG 2000 files whose headers declare 65535x65535: refused before decoding against the memory budget",
+         _build_huge_jpeg2000, 2, series=(SeriesExpect("", "skipped", ("65535x65535", "memory")),), stderr="memory"),
+]
+
+BY_NAME = {case.name: case for case in CASES}
+assert len(BY_NAME) == len(CASES), "case names must be unique"
+
+
+def build(case: Case, root: Path) -> Path:
+    """Build ``case`` in a fresh folder ``root`` and return the path to pass as --input."""
+    root.mkdir(parents=True, exist_ok=False)
+    return case.build(root)
+
+
+def main(argv: list[str]) -> int:
+    """``python tests/hostile_corpus.py OUT [NAME...]``: write the cases' inputs for a look."""
+    if not argv:
+        print(__doc__.split("Adding a case")[0].strip())
+        print("\nusage: python tests/hostile_corpus.py OUT [NAME ...]\n\ncases:")
+        for case in CASES:
+            print(f"  {case.name}: {case.behaviour}")
+        return 2
+    out = Path(argv[0])
+    for case in [BY_NAME[name] for name in argv[1:]] or CASES:
+        path = build(case, out / case.name)
+        print(f"{case.name}: --input {path}  (expected exit {case.exit_code}: {case.behaviour})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
