@@ -19,6 +19,7 @@ import pytest
 from conftest import dciodvfy_errors
 from hostile_corpus import CASES, SHARED_DATA, Case, build
 
+
 def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
     """Every entry under ``root`` (links not followed): content hash and mtime, or the link target."""
     import hashlib

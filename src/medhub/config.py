@@ -12,6 +12,7 @@ read in :func:`settings`, and a row in the README.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,6 +27,7 @@ ENVS = "MEDHUB_ENVS"
 ISOLATION = "MEDHUB_ISOLATION"
 HEADS = "MEDHUB_HEADS"
 SCAN_WORKERS = "MEDHUB_SCAN_WORKERS"
+MEMORY_BUDGET = "MEDHUB_MEMORY_BUDGET"
 DICOMWEB_TOKEN = "MEDHUB_DICOMWEB_TOKEN"
 DICOMWEB_USER = "MEDHUB_DICOMWEB_USER"
 DICOMWEB_PASSWORD = "MEDHUB_DICOMWEB_PASSWORD"
@@ -56,6 +58,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(HEADS, "`$XDG_DATA_HOME/medhub/heads` or `~/.local/share/medhub/heads`",
              "where trained few-shot heads are stored (each one a model of the catalog)"),
     Variable(SCAN_WORKERS, "`1`", "processes reading DICOM headers during the scan (a cohort run sets up to 4)"),
+    Variable(MEMORY_BUDGET, "half the machine's RAM", "the most memory one series' pixels may take (`8G`, `512M`, "
+             "bytes); a series declaring more is refused before anything is decoded"),
     Variable(DICOMWEB_TOKEN, "unset", "bearer token for a dicomweb:// input or --push, when the URL has no user"),
     Variable(DICOMWEB_USER, "unset", "HTTP basic user for DICOMweb, when the URL has none and no token is set"),
     Variable(DICOMWEB_PASSWORD, "empty", f"the password of {DICOMWEB_USER}"),
@@ -87,6 +91,7 @@ class Settings:
     isolation: Isolation
     heads: Path
     scan_workers: int
+    memory_budget: int  # bytes
     dicomweb_token: str | None
     dicomweb_user: str | None
     dicomweb_password: str
@@ -119,6 +124,7 @@ def settings(env: Mapping[str, str] | None = None) -> Settings:
         isolation=_isolation(text(ISOLATION)),
         heads=Path(text(HEADS) or data_home / "medhub" / "heads").expanduser(),
         scan_workers=_positive_int(SCAN_WORKERS, text(SCAN_WORKERS) or "1"),
+        memory_budget=_bytes(MEMORY_BUDGET, text(MEMORY_BUDGET)) if text(MEMORY_BUDGET) else _half_the_ram(),
         dicomweb_token=text(DICOMWEB_TOKEN),
         dicomweb_user=text(DICOMWEB_USER),
         dicomweb_password=env.get(DICOMWEB_PASSWORD, ""),
@@ -146,3 +152,21 @@ def _positive_int(name: str, value: str) -> int:
     if number < 1:
         raise MedhubError(f"{name}={value!r}: expected a whole number of at least 1")
     return number
+
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _bytes(name: str, value: str) -> int:
+    """``8G``, ``512M``, ``1.5GiB`` or a number of bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", value.strip().upper())
+    if not match or float(match.group(1)) <= 0:
+        raise MedhubError(f"{name}={value!r}: expected a size such as 8G, 512M or a number of bytes")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _half_the_ram() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30

@@ -16,7 +16,6 @@ leaves that file out of its series (then the gap rules decide) or fails the seri
 from __future__ import annotations
 
 import os
-import re
 import struct
 from pathlib import Path
 
@@ -27,12 +26,11 @@ from pydicom.encaps import generate_fragmented_frames
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medhub import config
 from medhub.data.series import Instance
 from medhub.errors import MedhubError
 
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
-_MEMORY_BUDGET_ENV = "MEDHUB_MEMORY_BUDGET"
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _J2K_SYNTAXES = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
                  "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
 _JPEG_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
@@ -50,18 +48,8 @@ class PixelReadError(MedhubError):
 
 
 def memory_budget() -> int:
-    """Bytes one series may take in memory: ``MEDHUB_MEMORY_BUDGET`` (``8G``, ``512M``, bytes), else half the RAM."""
-    value = os.environ.get(_MEMORY_BUDGET_ENV, "").strip().upper().removesuffix("B")
-    if value:
-        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)I?", value)
-        if not match:
-            raise MedhubError(f"{_MEMORY_BUDGET_ENV}={os.environ[_MEMORY_BUDGET_ENV]!r}: give bytes or a size "
-                              "such as 8G or 512M")
-        return int(float(match.group(1)) * _UNITS[match.group(2)])
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
+    """Bytes one series' pixels may take in memory (``MEDHUB_MEMORY_BUDGET``, default half the RAM)."""
+    return config.settings().memory_budget
 
 
 def format_bytes(count: float) -> str:

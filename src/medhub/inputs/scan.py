@@ -16,7 +16,6 @@ StudyInstanceUID, and each part says so in :attr:`Series.findings`.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
