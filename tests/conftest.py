@@ -10,26 +10,30 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_TEST_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("MEDHUB_TEST_DATA", "").strip() or DEFAULT_TEST_DATA).expanduser()
+"""The real test data: ``$MEDHUB_TEST_DATA``, else ``../shared/data`` beside the repository (tests/data/README.md)."""
+FETCH_HINT = "fetch it with: python tests/data/fetch_testdata.py (tests/data/README.md)"
 
 
 def shared_path(relative: str) -> Path:
-    """A path in ../shared/data; skip the test with the reason when ../shared/data is absent.
+    """A path in the test data; skip the test with the reason when the data folder is absent.
 
-    When the data folder exists but the path does not, that is a mistake in the test, not missing data: fail.
+    When the data folder exists but the path does not, the data is incomplete or the test is wrong: fail,
+    naming the fetcher that completes it.
     """
     if not SHARED_DATA.exists():
-        pytest.skip(f"real test data absent: {SHARED_DATA} (see ../shared/data/MANIFEST.md)")
+        pytest.skip(f"real test data absent: {SHARED_DATA} (MEDHUB_TEST_DATA); {FETCH_HINT}")
     path = SHARED_DATA / relative
     if not path.exists():
-        pytest.fail(f"{path} does not exist in the shared data (see ../shared/data/MANIFEST.md)")
+        pytest.fail(f"{path} does not exist in the test data; {FETCH_HINT}")
     return path
 
 
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.exists():
-        pytest.skip(f"real test data absent: {SHARED_DATA}")
+        pytest.skip(f"real test data absent: {SHARED_DATA} (MEDHUB_TEST_DATA); {FETCH_HINT}")
     return SHARED_DATA
 
 

@@ -51,7 +51,7 @@ def dicomweb_plugin() -> str | None:
 def missing_reason() -> str | None:
     """Why Orthanc cannot run here (for ``pytest.skip``), or None when it can."""
     if orthanc_binary() is None:
-        return "Orthanc not installed (apt-get install orthanc orthanc-dicomweb; see .ci/orthanc-notes.md)"
+        return "Orthanc not installed (apt-get install orthanc orthanc-dicomweb; README.md, 'Orthanc on a workstation')"
     if dicomweb_plugin() is None:
         return "Orthanc DICOMweb plugin not installed (apt-get install orthanc-dicomweb)"
     return None
