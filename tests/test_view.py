@@ -205,3 +205,30 @@ def test_view_command_serves_the_page_and_prints_its_address(ct_run) -> None:
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_view_of_a_nifti_run_reads_the_input_file_the_report_names(tmp_path: Path) -> None:
+    """``--input scan.nii.gz``: the report names the file; the viewer reads it and the NIfTI labels."""
+    source = shared_path("ct/totalsegmentator_nifti/example_ct_sm.nii.gz")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", "ct-body", "--input", str(source), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "medhub-report.json").read_text())
+    assert Path(report["input_path"]) == source.resolve()
+    client = TestClient(create_view_app(out, source, tmp_path / "cache"))
+    job_id = client.get("/", follow_redirects=False).headers["location"].rsplit("/", 1)[1]
+    meta = client.get(f"/api/jobs/{job_id}/viewer/example_ct_sm/meta").json()
+    assert meta["shape"] == list(nib.load(source).shape) and meta["unit"] == "HU"
+    assert next(s for s in meta["segments"] if s["id"] == "BODY")["voxels"] > 1000
+
+
+def test_a_browser_is_opened_only_where_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over SSH (no display, no $BROWSER) only the address is printed: no text browser takes the terminal."""
+    from medhub.cli.view import browser_available
+
+    for name in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert browser_available() is False
+    monkeypatch.setenv("BROWSER", "firefox")
+    assert browser_available() is True
