@@ -109,7 +109,7 @@ def ct_body():
         (["select", "load", "predict", "write_seg", "write_seg"], {}, "execute: write_seg named more than once"),
         (["select", "load", "predict", "write_seg"], {"write_seg": {"lablemap": True}},
          "write_seg.lablemap: step write_seg has no parameter 'lablemap'; did you mean 'labelmap'? "
-         "(parameters: labelmap, path, series_description)"),
+         "(parameters: body_part_examined, labelmap, path, series_description)"),
         (["select", "load", "predict", "write_seg"], {"write_seg": {"labelmap": "maybe"}},
          "write_seg.labelmap=maybe: labelmap of step write_seg must be true or false"),
         (["select", "load", "predict", "write_seg"], {"write_nifti": {"compress": 1}},

@@ -433,6 +433,32 @@ class SampleSpec(_Strict):
 # ----------------------------------------------------------------------------------- the card
 
 
+_MHUB_MODULE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+
+
+class MhubNames(_Strict):
+    """How MHub names this model's runner module and its parameters.
+
+    With it, MHub's own ``config.yml`` for the model runs unchanged (``medhub run MODEL
+    --config config.yml``, see :mod:`medhub.pipeline.mhub`). Without it the runner is known to
+    MHub configs by the model's id in CamelCase plus ``Runner`` (``ct-body``: ``CtBodyRunner``),
+    with this card's own parameter names.
+    """
+
+    runner: list[str] = Field(default_factory=list, description="MHub module names of the runner, "
+                                                                "e.g. [TotalSegmentatorMLRunner]")
+    parameters: dict[str, str] = Field(default_factory=dict, description="MHub's name of a runner parameter → "
+                                                                         "this card's name, e.g. use_fast_mode: fast")
+
+    @field_validator("runner")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not _MHUB_MODULE.match(name)]
+        if bad:
+            raise ValueError(f"MHub module names are CamelCase identifiers, e.g. 'LungMaskRunner': {bad[0]!r}")
+        return value
+
+
 class ModelCard(_Strict):
     """The parsed ``card.yaml`` of one model (see docs/model-card.md for every field)."""
 
@@ -472,6 +498,8 @@ class ModelCard(_Strict):
         default_factory=dict,
         description="every tunable parameter of the predict step (workflow key → type, default, allowed values)",
     )
+    mhub: MhubNames | None = Field(default=None, description="MHub's names of the runner and its parameters, so that "
+                                                             "MHub's config.yml for this model runs unchanged")
     sample: SampleSpec | None = None
 
     @field_validator("id")
@@ -508,6 +536,14 @@ class ModelCard(_Strict):
         if bad:
             raise ValueError(f"parameter names are lower-case words joined by underscores, e.g. 'n_dilate': {bad[0]!r}")
         return value
+
+    @model_validator(mode="after")
+    def _mhub_parameters_exist(self) -> ModelCard:
+        if self.mhub is not None:
+            unknown = sorted(v for v in self.mhub.parameters.values() if v not in self.parameters)
+            if unknown:
+                raise ValueError(f"mhub.parameters names {unknown[0]!r}, which is not in parameters")
+        return self
 
     def parameter_defaults(self) -> dict[str, Any]:
         """The declared defaults of the predict parameters (those not null): what a workflow starts from."""

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from medhub.errors import MedhubError
+from medhub.hub.catalog import list_models
 from medhub.hub.workflow import Workflow, apply_overrides, did_you_mean, listing, load_workflow_file
+from medhub.pipeline.mhub import from_mhub, is_mhub_config, runner_names
 from medhub.pipeline.steps import STEPS, Phase, StepName
 
 REQUIRED = (StepName.SELECT, StepName.LOAD, StepName.PREDICT)
@@ -65,6 +67,14 @@ def check_workflow(workflow: Workflow, card: Any) -> list[StepName]:
     return [StepName(name) for name in workflow.execute]
 
 
+def runner_owner(module: str) -> str | None:
+    """The model of the catalog whose runner MHub calls ``module``, if any."""
+    for card in list_models():
+        if module in runner_names(card):
+            return str(card.id)
+    return None
+
+
 def resolve_workflow(
     model: Any,
     *,
@@ -76,12 +86,17 @@ def resolve_workflow(
 ) -> Workflow:
     """The checked workflow of one run of ``model`` (a catalog entry).
 
-    ``config`` (a workflow file) replaces the model's workflow ``name`` (default ``default``);
+    ``config`` (a workflow file, in medhub's shape or MHub's: :mod:`medhub.pipeline.mhub`) replaces
+    the model's workflow ``name`` (default ``default``);
     ``overrides`` are ``module.param=value`` assignments; ``add_steps`` are output steps appended
     when the workflow does not name them; ``labelmap`` sets ``write_seg.labelmap``.
     """
     if config is not None:
         workflow = load_workflow_file(config)
+        if is_mhub_config(workflow):  # MHub's own config.yml: its --set keys name MHub modules, then medhub steps
+            before = [a for a in overrides if a.partition(".")[0] not in STEPS]
+            overrides = [a for a in overrides if a not in before]
+            workflow = from_mhub(apply_overrides(workflow, before), model.card, where=str(config), others=runner_owner)
     else:
         chosen = name or "default"
         if chosen not in model.workflows:

@@ -62,6 +62,9 @@ class EmptySegmentationError(MedhubError):
     """The label map has no labelled voxel, so there is nothing to write as a SEG."""
 
 
+BODY_PART = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+"""A Body Part Examined value: a DICOM code string (CS) of at most 16 characters."""
+
 def write_seg(
     labels: np.ndarray,
     source: SourceGrid,
@@ -72,6 +75,7 @@ def write_seg(
     labelmap: bool = False,
     series_number: int = 901,
     series_description: str | None = None,
+    body_part_examined: str | None = None,
 ) -> Path:
     """Write ``labels`` as a DICOM SEG at ``path`` and return ``path``.
 
@@ -79,8 +83,13 @@ def write_seg(
     ``labelmap=True`` writes the LABELMAP SOP class (Label Map Segmentation Storage, one
     frame per plane with all segments) instead of BINARY (one bit-packed frame per plane and
     segment); LABELMAP is smaller for many segments but fewer viewers read it yet.
+    ``body_part_examined`` (a defined term of PS3.16 Annex L, e.g. ``CHEST``) is written as the
+    SEG's Body Part Examined (General Series module, Type 3), as MHub's DsegConverter does.
     """
     path = Path(path)
+    if body_part_examined is not None and not BODY_PART.match(body_part_examined):
+        raise MedhubError(f"Body Part Examined {body_part_examined!r}: 1 to 16 upper-case letters, digits, "
+                          "spaces or underscores (a DICOM CS value such as CHEST)")
     where = _describe(source, path)
     _check_source(source, where)
     found = _check_labels(labels, source, where)
@@ -104,10 +113,13 @@ def write_seg(
             series_number=series_number, series_description=description, content_label=content_label,
             content_description=content_description, where=where,
         )  # fmt: skip
+        if body_part_examined:
+            dataset.BodyPartExamined = body_part_examined
         write_dataset(dataset, path)
         return path
     _write_labelmap(labels, source, label_values, specs, algorithm, path, where, series_number=series_number,
-                    description=description, content_label=content_label, content_description=content_description)
+                    description=description, content_label=content_label, content_description=content_description,
+                    body_part_examined=body_part_examined)
     return path
 
 
@@ -124,6 +136,7 @@ def _write_labelmap(
     description: str,
     content_label: str,
     content_description: str,
+    body_part_examined: str | None = None,
 ) -> None:
     """LABELMAP SEG (Label Map Segmentation Storage, one 8/16-bit frame per plane) with highdicom."""
     import highdicom as hd
@@ -164,6 +177,8 @@ def _write_labelmap(
         except (ValueError, TypeError, AttributeError) as error:
             # highdicom validates its inputs (same series, geometry, codes) and says what is wrong.
             raise MedhubError(f"{where}: cannot build the SEG: {error}") from error
+        if body_part_examined:
+            seg.BodyPartExamined = body_part_examined
         _pre_encode_sequences(seg)
         seg.save_as(path, enforce_file_format=True)
 
