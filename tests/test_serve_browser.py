@@ -234,6 +234,14 @@ def test_upload_follow_and_read_the_ct_like_a_radiologist(server: str, browser: 
     page.check(f"#segment-{body_label}")
     assert coloured(canvas_pixels(page, "axial")).sum() > 500
 
+    # A click in the enlarged coronal view moves the crosshair there, and that view stays put under the mouse.
+    anchor = screen_of(page, "coronal", (100, inside[1], 5))
+    box = page.locator("#coronal-canvas").bounding_box()
+    page.mouse.click(box["x"] + 0.7 * box["width"], box["y"] + 0.5 * box["height"])
+    assert screen_of(page, "coronal", (100, inside[1], 5)) == pytest.approx(anchor, abs=0.01)
+    moved = page.evaluate("() => window.medhubViewer.pos")
+    assert int(page.locator("#sagittal-no").inner_text().split("/")[0]) == moved["x"] + 1
+
     # Opacity 0 hides the overlay too; the wheel scrolls the axial view.
     page.locator("#opacity").fill("0")
     assert not coloured(canvas_pixels(page, "axial")).any()

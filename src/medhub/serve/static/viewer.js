@@ -236,6 +236,11 @@ class SliceViewer {
   moveCross(plane, canvas, ev) {
     const voxel = this.voxelAt(plane, canvas, ev);
     if (!voxel) return;
+    const v = this.view[plane];
+    if (v.centreX === null) {  // the view being clicked stays put (an enlarged one would follow the crosshair)
+      const t = this.transform(plane);
+      v.centreX = t.cx; v.centreY = t.cy;
+    }
     [this.pos.x, this.pos.y, this.pos.z] = voxel;
     this.drawAll();
     this.showReadout(voxel);
