@@ -18,20 +18,10 @@ from medhub.errors import MedhubError
 
 
 def _listing() -> Any:
-    """The catalog as plain data: the cached listing when nothing it was made of changed, else built and cached.
+    """The catalog as plain data (:func:`medhub.hub.listing.current_listing`: a cache hit imports no pydantic)."""
+    from medhub.hub.listing import current_listing
 
-    See :mod:`medhub.hub.listing`: a cache hit answers without importing pydantic, PyYAML or pydicom.
-    """
-    from medhub.hub.listing import load_listing, save_listing
-
-    listing = load_listing()
-    if listing is None:
-        from medhub.hub.catalog import build_listing
-
-        listing, paths = build_listing()
-        if paths is not None:
-            save_listing(listing, paths)
-    return listing
+    return current_listing()
 
 
 def _warn_catalog_problems(problems: list[str]) -> None:
@@ -78,18 +68,10 @@ def models(
 
 
 def model_info(entry: dict[str, Any]) -> dict[str, Any]:
-    """Everything ``medhub info`` shows: the card plus resolved segment codes, weights, workflows, run command."""
-    from medhub.hub.listing import weight_states
+    """Everything ``medhub info`` shows: :func:`medhub.hub.listing.describe_model`, as the server's model page."""
+    from medhub.hub.listing import describe_model
 
-    return {
-        "card": entry["card"],
-        "origin": entry["origin"],
-        "path": entry["path"],
-        "segments": entry["segments"],
-        "workflows": entry["workflows"],
-        "weights": weight_states(entry),
-        "run": f"medhub run {entry['id']} --input DICOM_FOLDER --output OUT",
-    }
+    return describe_model(entry)
 
 
 @app.command()

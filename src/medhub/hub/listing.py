@@ -36,9 +36,9 @@ from typing import Any
 from medhub import __version__, config
 from medhub.errors import MedhubError
 from medhub.files import atomic_output
-from medhub.hub.weight_store import installed_file, verified_in_cache, weights_cache_dir
+from medhub.hub.weight_store import weight_state
 
-FORMAT = 1
+FORMAT = 2  # 2: segment rows of medhub.segdb.describe_segment
 _PACKAGE = Path(__file__).resolve().parents[1]
 _ENVIRONMENT_PREFIXES = ("MEDHUB_", "XDG_")
 
@@ -168,21 +168,48 @@ def matches_summary(summary: dict[str, Any], *, modality: str | None = None, bod
 
 
 def weight_states(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """Where each weights file of a listed model is now: ``cached`` / ``missing`` or ``bundled`` / ``absent``.
+    """Where each weights file of a listed model is now (:class:`~medhub.hub.weight_store.WeightState`).
 
     Checked live (files come and go with ``medhub pull`` and ``pip install``), without hashing a
     file whose verified hash is recorded next to it.
     """
     states = []
     for spec in entry["weights"]:
-        if spec["url"] is not None:
-            path = weights_cache_dir() / entry["id"] / spec["name"]
-            cached = verified_in_cache(path, spec["sha256"], spec["size"])
-            states.append({"name": spec["name"], "state": "cached" if cached else "missing",
-                           "path": str(path) if cached else None, "source": spec["url"]})
-        else:
-            found = installed_file(spec["bundled_in"], spec["name"])
-            states.append({"name": spec["name"], "state": "bundled" if found is not None else "absent",
-                           "path": str(found) if found is not None else None,
-                           "source": f"pip install {spec['bundled_in']}"})
+        state, path, source = weight_state(entry["id"], spec["name"], url=spec["url"], sha256=spec["sha256"],
+                                           size=spec["size"], bundled_in=spec["bundled_in"])
+        states.append({"name": spec["name"], "state": state.value, "path": str(path) if path else None,
+                       "source": source})
     return states
+
+
+def current_listing() -> Listing:
+    """The catalog as plain data: the cached listing when nothing it was made of changed, else built and cached.
+
+    A cache hit answers without importing pydantic, PyYAML or pydicom (the catalog is imported
+    only to build the listing).
+    """
+    listing = load_listing()
+    if listing is None:
+        from medhub.hub.catalog import build_listing  # heavy: only when the cache is stale
+
+        listing, paths = build_listing()
+        if paths is not None:
+            save_listing(listing, paths)
+    return listing
+
+
+def describe_model(entry: dict[str, Any]) -> dict[str, Any]:
+    """One model as ``medhub info`` and the server's model page show it (the one describer of both).
+
+    The card, where it comes from, its segments with names, colours and SNOMED CT codes, its
+    workflows, where each weights file is now, and the command that runs it.
+    """
+    return {
+        "card": entry["card"],
+        "origin": entry["origin"],
+        "path": entry["path"],
+        "segments": entry["segments"],
+        "workflows": entry["workflows"],
+        "weights": weight_states(entry),
+        "run": f"medhub run {entry['id']} --input DICOM_FOLDER --output OUT",
+    }

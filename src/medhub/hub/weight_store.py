@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
@@ -77,3 +78,27 @@ def installed_file(distribution_name: str, name: str) -> Path | None:
             if path.is_file():
                 return path
     return None
+
+
+class WeightState(StrEnum):
+    """Where one weights file of a model is."""
+
+    CACHED = "cached"  # downloadable, and a verified copy is in the cache
+    MISSING = "missing"  # downloadable, not (yet) in the cache: `medhub pull`
+    BUNDLED = "bundled"  # shipped in a pip distribution that is installed
+    ABSENT = "absent"  # shipped in a pip distribution that is not installed
+
+
+def weight_state(model_id: str, name: str, *, url: str | None, sha256: str | None, size: int | None,
+                 bundled_in: str | None) -> tuple[WeightState, Path | None, str]:
+    """The state of one weights file of a card, the file when it is there, and where it comes from.
+
+    Cheap: no download, and no hashing of a cached file whose verified hash is recorded next to it.
+    """
+    if url is not None:
+        path = weights_cache_dir() / model_id / name
+        if sha256 is not None and verified_in_cache(path, sha256, size):
+            return WeightState.CACHED, path, url
+        return WeightState.MISSING, None, url
+    found = installed_file(bundled_in, name) if bundled_in else None
+    return (WeightState.BUNDLED if found is not None else WeightState.ABSENT), found, f"pip install {bundled_in}"

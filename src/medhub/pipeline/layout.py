@@ -2,15 +2,54 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 from medhub.errors import MedhubError
 from medhub.files import safe_component
+from medhub.pipeline.report import REPORT_NAME
 
 DEFAULT_TEMPLATE = "{series_uid}/{model}"
 """Output path template without extension; ``.seg.dcm`` / ``.rtstruct.dcm`` / ``.nii.gz`` are appended."""
 
 TEMPLATE_FIELDS = ("series_uid", "study_uid", "model", "patient_id", "modality", "series_number", "series_description")
+
+
+class ResultKind(StrEnum):
+    """The kinds of file a run writes into its output folder (what the server lists and serves)."""
+
+    SEG = "seg"
+    RTSTRUCT = "rtstruct"
+    SR = "sr"
+    SEG_NRRD = "seg_nrrd"
+    NIFTI = "nifti"
+    VALUES = "values"
+    EMBEDDING = "embedding"
+    STATISTICS = "statistics"
+    PREVIEW = "preview"
+    REPORT = "report"
+
+
+RESULT_SUFFIXES: tuple[tuple[str, ResultKind], ...] = (
+    (".seg.dcm", ResultKind.SEG), (".rtstruct.dcm", ResultKind.RTSTRUCT), (".sr.dcm", ResultKind.SR),
+    (".seg.nrrd", ResultKind.SEG_NRRD), (".nii.gz", ResultKind.NIFTI), (".nii", ResultKind.NIFTI),
+    (".values.json", ResultKind.VALUES), (".values.csv", ResultKind.VALUES),
+    (".embedding.npy", ResultKind.EMBEDDING), (".embedding.json", ResultKind.EMBEDDING),
+    (".feature_map.npy", ResultKind.EMBEDDING),
+    (".statistics.json", ResultKind.STATISTICS), (".statistics.csv", ResultKind.STATISTICS),
+    (".preview.png", ResultKind.PREVIEW),
+)
+"""The file-name ending of each kind of result (the default layout appends them to the template)."""
+
+
+def result_kind(name: str) -> ResultKind | None:
+    """The kind of a file of an output folder by its name; None for anything else (journal, temporary files)."""
+    if name == REPORT_NAME:
+        return ResultKind.REPORT
+    for suffix, kind in RESULT_SUFFIXES:
+        if name.endswith(suffix):
+            return kind
+    return None
 
 def render_template(template: str, fields: dict[str, object]) -> Path:
     """Fill the output template; every field value is sanitized, so it cannot escape ``OUT``."""

@@ -240,8 +240,9 @@ class Pipeline:
             entry.status, entry.reason = Status.SKIPPED, exc.reason
         except MedhubError as exc:
             entry.status, entry.reason = Status.FAILED, str(exc)
-            if self.options.debug and getattr(exc, "details", ""):
-                entry.notes.append(exc.details)  # e.g. an isolated worker's traceback
+            details = str(getattr(exc, "details", "") or "")  # e.g. an isolated worker's traceback
+            if self.options.debug and details:
+                entry.notes.append(details)
         except Exception as exc:  # a bug or an unexpected input: record it, go on with the others
             entry.status = Status.FAILED
             entry.reason = f"{type(exc).__name__}: {exc}".splitlines()[0]

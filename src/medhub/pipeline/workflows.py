@@ -26,7 +26,7 @@ REQUIRED = (StepName.SELECT, StepName.LOAD, StepName.PREDICT)
 
 def execute_problems(execute: list[str]) -> list[str]:
     """What is wrong with a workflow's ``execute``: unknown, repeated, missing or misplaced steps."""
-    known = list(STEPS)
+    known = [str(name) for name in STEPS]
     unknown = [name for name in execute if name not in STEPS]
     if unknown:
         return [f"execute: {name}: not a step medhub runs; {did_you_mean(name, known)}{listing(known, 'steps')}"
@@ -49,7 +49,7 @@ def execute_problems(execute: list[str]) -> list[str]:
 def workflow_problems(card: Any, workflow: Workflow) -> list[str]:
     """Every problem of ``workflow`` for the model of ``card``, one line each (empty: it can run)."""
     problems = execute_problems(workflow.execute)
-    known = list(STEPS)
+    known = [str(name) for name in STEPS]
     for module, params in workflow.modules.items():
         if module not in STEPS:
             problems.append(f"{module}: not a step medhub runs; {did_you_mean(module, known)}{listing(known, 'steps')}")

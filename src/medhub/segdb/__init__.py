@@ -30,6 +30,6 @@ class SegmentSpec:
     color: tuple[int, int, int] = (128, 128, 128)
 
 
-from medhub.segdb.database import get_segment, load_segment_database  # noqa: E402
+from medhub.segdb.database import describe_segment, get_segment, load_segment_database  # noqa: E402
 
-__all__ = ["Code", "SegmentSpec", "get_segment", "load_segment_database"]
+__all__ = ["Code", "SegmentSpec", "describe_segment", "get_segment", "load_segment_database"]

@@ -109,3 +109,23 @@ def get_segment(segment_id: str) -> SegmentSpec:
         return _load()[segment_id]
     except KeyError:
         raise MedhubError(f"unknown segment ID {segment_id!r} (not in the segment database)") from None
+
+
+UNKNOWN_COLOR = (128, 128, 128)
+
+
+def describe_segment(label: int, segment_id: str) -> dict[str, Any]:
+    """A model's segment as ``medhub info`` and the server show it: label, ID, name, colour, SNOMED CT codes.
+
+    An ID missing from the database keeps its row (named by its ID, grey, no codes) with an ``error``.
+    """
+    spec = _load().get(segment_id)
+    if spec is None:
+        return {"label": label, "id": segment_id, "name": segment_id, "color": list(UNKNOWN_COLOR),
+                "category": None, "type": None, "modifier": None, "error": "not in the segment database"}
+
+    def code(found: Any) -> dict[str, str] | None:
+        return None if found is None else {"value": found.value, "scheme": found.scheme, "meaning": found.meaning}
+
+    return {"label": label, "id": segment_id, "name": spec.name, "color": list(spec.color),
+            "category": code(spec.category), "type": code(spec.type), "modifier": code(spec.modifier)}

@@ -24,8 +24,8 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from medhub.errors import MedhubError
-from medhub.hub.catalog import find_models, get_model
-from medhub.segdb import load_segment_database
+from medhub.hub.catalog import find_models
+from medhub.hub.listing import current_listing, describe_model
 from medhub.serve.jobs import JobService, list_results
 from medhub.serve.uploads import ApiError, Upload
 
@@ -120,33 +120,23 @@ def list_models(
 
 
 def model_detail(name: str, base_url: str) -> dict[str, Any]:
-    """A model's card, its segments with names, codes and colours, workflows, and how to run it."""
+    """A model's card, its segments with names, codes and colours, workflows, and how to run it.
+
+    The description is :func:`medhub.hub.listing.describe_model`'s, the one ``medhub info`` shows.
+    """
     try:
-        entry = get_model(name)
+        described = describe_model(current_listing().find(name))
     except MedhubError as exc:
         raise ApiError(404, str(exc)) from None
-    database = load_segment_database()
-    segments = []
-    for value, segment_id in sorted(entry.card.outputs.segments.items()):
-        spec = database.get(segment_id)
-        if spec is None:
-            segments.append({"label": value, "id": segment_id, "name": segment_id, "color": [128, 128, 128],
-                             "category": None, "type": None, "modifier": None})
-            continue
-
-        def code(c: Any) -> dict[str, str] | None:
-            return None if c is None else {"value": c.value, "scheme": c.scheme, "meaning": c.meaning}
-
-        segments.append({"label": value, "id": segment_id, "name": spec.name, "color": list(spec.color),
-                         "category": code(spec.category), "type": code(spec.type), "modifier": code(spec.modifier)})
+    card_id = described["card"]["id"]
     base = base_url.rstrip("/")
-    curl = (f'curl -H "Authorization: Bearer $MEDHUB_TOKEN" -F model={entry.id} -F workflow=default '
+    curl = (f'curl -H "Authorization: Bearer $MEDHUB_TOKEN" -F model={card_id} -F workflow=default '
             f"-F files=@series.zip {base}/api/jobs")
     return {
-        "card": entry.card.model_dump(mode="json"),
-        "segments": segments,
-        "workflows": sorted(entry.workflows),
-        "cli": f"medhub run {entry.id} --input DICOM_FOLDER --output OUT",
+        "card": described["card"],
+        "segments": described["segments"],
+        "workflows": described["workflows"],
+        "cli": described["run"],
         "curl": curl,
     }
 

@@ -34,6 +34,7 @@ from medhub.hub.devices import check_card_device
 from medhub.hub.workflow import Workflow, selection_rules
 from medhub.inputs.scan import scan
 from medhub.inputs.select import select
+from medhub.pipeline.layout import result_kind
 from medhub.pipeline.report import REPORT_NAME, Status
 from medhub.pipeline.run import Pipeline, RunOptions
 from medhub.pipeline.steps import StepName
@@ -45,14 +46,6 @@ from medhub.serve.uploads import ApiError, SavedInput, Upload, save_uploads
 log = logging.getLogger("medhub.serve")
 
 STOPPED_NOTE = "the server stopped during this job; queued again"
-RESULT_KINDS = (
-    (".seg.dcm", "seg"), (".rtstruct.dcm", "rtstruct"), (".sr.dcm", "sr"), (".seg.nrrd", "seg_nrrd"),
-    (".nii.gz", "nifti"), (".nii", "nifti"),
-    (".values.json", "values"), (".values.csv", "values"), (".embedding.npy", "embedding"),
-    (".embedding.json", "embedding"), (".statistics.json", "statistics"), (".statistics.csv", "statistics"),
-    (".preview.png", "preview"),
-)
-
 
 class JobOptions(BaseModel):
     """The ``options`` form field of POST /api/jobs (a JSON object)."""
@@ -130,15 +123,6 @@ def validate_input(entry: ModelEntry, workflow: Workflow, saved: SavedInput) -> 
 
 
 # ----------------------------------------------------------------------------------- results
-
-
-def result_kind(name: str) -> str | None:
-    if name == REPORT_NAME:
-        return "report"
-    for suffix, kind in RESULT_KINDS:
-        if name.endswith(suffix):
-            return kind
-    return None
 
 
 def list_results(output_dir: Path) -> list[dict[str, Any]]:
