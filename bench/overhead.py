@@ -68,6 +68,13 @@ LABEL_SEGMENT_IDS = {
 # ----------------------------------------------------------------------------------------------
 
 
+def _now() -> tuple[float, float, float]:
+    """Wall clock, this process's CPU time, and its peak resident memory so far (MiB): a step's end."""
+    import resource
+
+    return time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def label_to_volume_grid(label_data, label_affine_ras, volume):
     """Return the label array re-indexed onto ``volume``'s [x, y, z] grid.
 
@@ -111,7 +118,7 @@ def label_to_volume_grid(label_data, label_affine_ras, volume):
 def medhub_process(unsorted: Path, label_path: Path, out_path: Path, timings_path: Path | None,
                    slices: int) -> None:
     """scan -> select -> load -> labels to source planes -> write SEG, with per-step times."""
-    t = {"start": (time.perf_counter(), time.process_time())}
+    t = {"start": _now()}
     import nibabel as nib
     import numpy as np
 
@@ -123,32 +130,32 @@ def medhub_process(unsorted: Path, label_path: Path, out_path: Path, timings_pat
     from medhub.writers.provenance import AlgorithmInfo
     from medhub.writers.seg import write_seg
 
-    t["imports"] = (time.perf_counter(), time.process_time())
+    t["imports"] = _now()
     result = scan(unsorted)
-    t["scan"] = (time.perf_counter(), time.process_time())
+    t["scan"] = _now()
     chosen = [s for s in result.series if s.number_of_images == slices]
     if len(chosen) != 1:
         found = [(s.description, s.number_of_images) for s in result.series]
         raise MedhubError(f"{unsorted}: expected one {slices}-image series, found {found}")
     series = chosen[0]
-    t["select"] = (time.perf_counter(), time.process_time())
+    t["select"] = _now()
     volume = load_series(series)
-    t["load"] = (time.perf_counter(), time.process_time())
+    t["load"] = _now()
     img = nib.load(label_path)
     label_data = np.asanyarray(img.dataobj)
-    t["read labels"] = (time.perf_counter(), time.process_time())
+    t["read labels"] = _now()
     labels_xyz = label_to_volume_grid(label_data, img.affine, volume)
     planes = labels_to_source(volume, labels_xyz)
-    t["labels to source"] = (time.perf_counter(), time.process_time())
+    t["labels to source"] = _now()
     segments = {value: get_segment(seg_id) for value, seg_id in LABEL_SEGMENT_IDS.items()}
     algorithm = AlgorithmInfo(name="overhead-bench", version="1.0")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_seg(planes, volume.source, segments, algorithm, out_path)
-    t["write"] = (time.perf_counter(), time.process_time())
+    t["write"] = _now()
 
     steps, prev = {}, t["start"]
     for name in ("imports", "scan", "select", "load", "read labels", "labels to source", "write"):
-        steps[name] = {"wall": t[name][0] - prev[0], "cpu": t[name][1] - prev[1]}
+        steps[name] = {"wall": t[name][0] - prev[0], "cpu": t[name][1] - prev[1], "peak_mib": t[name][2]}
         prev = t[name]
     print("medhub steps (wall s): " + ", ".join(f"{k} {v['wall']:.3f}" for k, v in steps.items()), flush=True)
     if timings_path:
@@ -177,10 +184,10 @@ def _source_grid_and_labels(ct_dir: Path, label_path: Path, t: dict):
     first = headers[0]
     grid = SourceGrid([SourcePlane(h, None, positions[id(h)]) for h in headers], orientation,
                       tuple(float(v) for v in first.PixelSpacing), int(first.Rows), int(first.Columns))
-    t["read headers"] = (time.perf_counter(), time.process_time())
+    t["read headers"] = _now()
     img = nib.load(label_path)
     label_data = np.asanyarray(img.dataobj)
-    t["read labels"] = (time.perf_counter(), time.process_time())
+    t["read labels"] = _now()
     lps_to_voxel = np.linalg.inv(np.diag([-1, -1, 1, 1]) @ img.affine)
     ks = []
     for plane in grid.planes:
@@ -191,13 +198,13 @@ def _source_grid_and_labels(ct_dir: Path, label_path: Path, t: dict):
         planes = label_data[:, :, ks[0] : ks[0] + len(ks)].transpose(2, 1, 0)
     else:
         planes = np.ascontiguousarray(label_data[:, :, ks].transpose(2, 1, 0))
-    t["labels to source"] = (time.perf_counter(), time.process_time())
+    t["labels to source"] = _now()
     return grid, planes
 
 
 def _write_steps(t: dict, timings_path: Path | None, label: str) -> None:
     names = list(t)
-    steps = {name: {"wall": t[name][0] - t[prev][0], "cpu": t[name][1] - t[prev][1]}
+    steps = {name: {"wall": t[name][0] - t[prev][0], "cpu": t[name][1] - t[prev][1], "peak_mib": t[name][2]}
              for prev, name in zip(names, names[1:], strict=False)}
     print(f"{label} steps (wall s): " + ", ".join(f"{k} {v['wall']:.3f}" for k, v in steps.items()), flush=True)
     if timings_path:
@@ -211,7 +218,7 @@ def writer_process(kind: str, ct_dir: Path, label_path: Path, out_path: Path, ti
     writer did before its direct BINARY encoder, and times ``Segmentation()`` and ``save_as``
     separately.
     """
-    t = {"start": (time.perf_counter(), time.process_time())}
+    t = {"start": _now()}
     from medhub.segdb import get_segment
 
     if kind == "seg":
@@ -222,16 +229,16 @@ def writer_process(kind: str, ct_dir: Path, label_path: Path, out_path: Path, ti
     else:
         import highdicom as hd
         from pydicom.sr.codedict import codes
-    t["imports"] = (time.perf_counter(), time.process_time())
+    t["imports"] = _now()
     grid, planes = _source_grid_and_labels(ct_dir, label_path, t)
     segments = {value: get_segment(seg_id) for value, seg_id in LABEL_SEGMENT_IDS.items()}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "seg":
         write_seg(planes, grid, segments, AlgorithmInfo(name="overhead-bench", version="1.0"), out_path)
-        t["write"] = (time.perf_counter(), time.process_time())
+        t["write"] = _now()
     elif kind == "rtstruct":
         write_rtstruct(planes, grid, segments, model_name="overhead-bench", model_version="1.0", path=out_path)
-        t["write"] = (time.perf_counter(), time.process_time())
+        t["write"] = _now()
     else:
         def coded(code):
             return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
@@ -252,9 +259,9 @@ def writer_process(kind: str, ct_dir: Path, label_path: Path, out_path: Path, ti
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer="overhead-bench",
             manufacturer_model_name="highdicom", software_versions=hd.__version__, device_serial_number="1",
             content_label="SEGMENTATION", omit_empty_frames=True)
-        t["Segmentation()"] = (time.perf_counter(), time.process_time())
+        t["Segmentation()"] = _now()
         seg.save_as(out_path)
-        t["save_as"] = (time.perf_counter(), time.process_time())
+        t["save_as"] = _now()
     _write_steps(t, timings_path, kind)
 
 
@@ -429,17 +436,20 @@ def seg_voxel_differences(seg_path: Path, work: Path) -> tuple[int, int, int, in
     return int(seg.NumberOfFrames), len(seg.SegmentSequence), int(np.count_nonzero(got != expected)), expected.size
 
 
-def validate_outputs(work: Path) -> tuple[list[str], dict[str, object]]:
-    """dciodvfy on every object the last round wrote, and the medhub SEGs decoded against the label map."""
+def validate_outputs(work: Path, ran: set[str]) -> tuple[list[str], dict[str, object]]:
+    """dciodvfy on every object the last round of this run wrote, and the medhub SEGs decoded against the label map."""
     out = work / "out" / "overhead"
     lines, facts = [], {}
-    for name, path in (("medhub SEG (whole run)", out / "medhub" / "seg.dcm"),
-                       ("medhub SEG (writer alone)", out / "writer_seg" / "seg.dcm"),
-                       ("highdicom SEG", out / "writer_highdicom" / "seg.dcm"),
-                       ("dcmqi SEG", out / "writer_dcmqi" / "seg.dcm"),
-                       ("medhub RTSTRUCT", out / "writer_rtstruct" / "rtstruct.dcm"),
-                       ("rt-utils RTSTRUCT", out / "writer_rtutils" / "rtstruct.dcm")):
+    for case, name, path in ((MEDHUB_MAIN, "medhub SEG (whole run)", out / "medhub" / "seg.dcm"),
+                             (SEG_MEDHUB, "medhub SEG (writer alone)", out / "writer_seg" / "seg.dcm"),
+                             (SEG_HIGHDICOM, "highdicom SEG", out / "writer_highdicom" / "seg.dcm"),
+                             (SEG_DCMQI, "dcmqi SEG", out / "writer_dcmqi" / "seg.dcm"),
+                             (RT_MEDHUB, "medhub RTSTRUCT", out / "writer_rtstruct" / "rtstruct.dcm"),
+                             (RT_RTUTILS, "rt-utils RTSTRUCT", out / "writer_rtutils" / "rtstruct.dcm")):
+        if case not in ran:
+            continue
         if not path.exists():
+            lines.append(f"{name}: no output at {path} (the case failed, see the log)")
             continue
         errors, warnings, first = dciodvfy_counts(path)
         facts[f"dciodvfy errors: {name}"] = errors
@@ -489,8 +499,10 @@ def summarize(cases: dict[str, Case], medhub_name: str) -> list[str]:
         for key in (steps[0] if steps else {}):
             cpus = [s[key]["cpu"] for s in steps if s[key]["cpu"] is not None]
             step_cpu = f"{statistics.median(cpus):.3f} ({100 * statistics.median(cpus) / cpu:.0f} %)" if cpus else ""
+            peaks = [s[key]["peak_mib"] for s in steps if s[key].get("peak_mib") is not None]
+            peak = f"{statistics.median(peaks):.0f} so far" if peaks else ""
             lines.append(f"|   step: {key} | {len(steps)} | "
-                         f"{statistics.median(s[key]['wall'] for s in steps):.3f} | | {step_cpu} | | | | |")
+                         f"{statistics.median(s[key]['wall'] for s in steps):.3f} | | {step_cpu} | {peak} | | | |")
     return lines
 
 
@@ -621,7 +633,7 @@ def main_bench(args) -> int:
         lines += ["", f"WARNING: median 1-min load average during the runs was {statistics.median(loads):.1f} on "
                   f"{os.cpu_count()} cores: other processes competed, wall times are inflated; the CPU-time "
                   "ratios are the steadier figure."]
-    checks, facts = validate_outputs(work)
+    checks, facts = validate_outputs(work, {name for name, case in cases.items() if case.rows})
     lines += ["", *checks, "", *targets(cases, work, facts)]
     if args.profile and medhub_name:
         lines += ["", *profile_medhub(cases[medhub_name], res)]

@@ -229,8 +229,7 @@ def encode_binary_seg(
     ds.SharedFunctionalGroupsSequence = [_shared_groups(source, planes, len(label_values), where)]
     per_frame = _per_frame_groups(frames, planes, position_index, single_segment=len(label_values) == 1)
     ds[0x52009230] = RawDataElement(0x52009230, "SQ", len(per_frame), per_frame, 0, False, True)
-    pixels = _pack_frames(labels, frames, label_values, found.rows)
-    ds[0x7FE00010] = DataElement(0x7FE00010, "OB", pixels + (b"\0" if len(pixels) % 2 else b""))
+    ds[0x7FE00010] = DataElement(0x7FE00010, "OB", _pack_frames(labels, frames, label_values, found.rows))
     return ds
 
 
@@ -589,19 +588,20 @@ def _pack_frames(
     if columns % 8 == 0:
         row_bytes = columns // 8
         frame_bytes = n_rows * row_bytes
-        out = np.zeros(len(frames) * frame_bytes, dtype=np.uint8)
+        out = np.zeros(len(frames) * frame_bytes + (len(frames) * frame_bytes) % 2, dtype=np.uint8)
         for position, (number, index) in enumerate(frames):
             first, last = rows[index]
             mask = labels[index, first:last] == label_values[number - 1]
             start = position * frame_bytes + first * row_bytes
             out[start : start + (last - first) * row_bytes] = np.packbits(mask, axis=None, bitorder="little")
-        return out.tobytes()
+        return out.tobytes()  # pydicom takes an OB value as bytes (a bytearray reads as integers)
     chunks = []
     for start in range(0, len(frames), 8):
         block = frames[start : start + 8]
         masks = np.stack([labels[index] == label_values[number - 1] for number, index in block])
         chunks.append(np.packbits(masks, axis=None, bitorder="little").tobytes())
-    return b"".join(chunks)
+    packed = b"".join(chunks)
+    return packed + b"\0" if len(packed) % 2 else packed  # even length, padded with zero bits
 
 
 # ------------------------------------------------------------------------------ byte encoding
