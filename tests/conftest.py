@@ -30,6 +30,24 @@ def shared_path(relative: str) -> Path:
     return path
 
 
+def make_sample_mirror(folder: Path) -> Path:
+    """A weights mirror (MEDHUB_WEIGHTS_MIRROR) holding the built-in cards' samples and brainchop's weights.
+
+    The cards fetch their samples by URL + SHA-256 through the weights cache; here the files come
+    from ../shared/data, linked under the names of their URLs, so the check runs offline.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    links = {
+        "t1_crop.nii.gz": shared_path("mr/brainchop_t1_crop.nii.gz"),
+        "example_ct_sm.nii.gz": shared_path("ct/totalsegmentator_nifti/example_ct_sm.nii.gz"),
+    }
+    links.update({weights.name: weights for weights in shared_path("weights/brainchop").iterdir()})
+    for name, target in links.items():
+        if not (folder / name).exists():
+            (folder / name).symlink_to(target)
+    return folder
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.exists():

@@ -26,14 +26,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 from brainchop_oracle import MODEL_FOLDERS, make_home, missing_tools
-from conftest import shared_path
+from conftest import make_sample_mirror, shared_path
 
-from medhub.data.volume import LPS_TO_RAS
+from medhub.authoring.check import check_model
 from medhub.errors import MedhubError
 from medhub.hub.catalog import get_model
 from medhub.inputs.load import load_series
+from medhub.inputs.sample import nifti_as_dicom
 from medhub.inputs.scan import scan
-from medhub.inputs.synth import write_dicom_series
 from medhub.models import brainchop_common as bc
 from medhub.segdb import get_segment
 
@@ -56,8 +56,8 @@ def dice_per_label(ours: np.ndarray, theirs: np.ndarray, labels: list[int]) -> d
 
 @pytest.fixture(scope="session")
 def weights_env(tmp_path_factory: pytest.TempPathFactory):
-    """MEDHUB_WEIGHTS_MIRROR = the shared brainchop folder, a fresh cache; restored afterwards."""
-    mirror = shared_path(WEIGHTS)
+    """MEDHUB_WEIGHTS_MIRROR = the shared brainchop weights and the cards' sample T1, a fresh cache; restored after."""
+    mirror = make_sample_mirror(tmp_path_factory.mktemp("mirror"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MEDHUB_WEIGHTS_MIRROR", str(mirror))
         patch.setenv("MEDHUB_WEIGHTS_CACHE", str(tmp_path_factory.mktemp("weights-cache")))
@@ -109,9 +109,8 @@ ORACLE_NETWORK = """
 def t1_series(tmp_path_factory: pytest.TempPathFactory):
     """brainchop's T1 written as a DICOM MR series, scanned and loaded back the way ``medhub run`` does."""
     image = nib.load(shared_path(T1))
-    folder = tmp_path_factory.mktemp("t1-dicom")
-    write_dicom_series(np.asanyarray(image.dataobj), LPS_TO_RAS @ image.affine, folder, modality="MR",
-                       series_description="brainchop t1_crop", body_part="HEAD")
+    # the cards' sample, written as `medhub check` writes it (same bytes, same UIDs), so the check's SEG fits
+    folder = nifti_as_dicom(shared_path(T1), tmp_path_factory.mktemp("t1-dicom"), modality="MR", body_part="HEAD")
     series = scan(folder).series
     assert len(series) == 1
     return folder, load_series(series[0]), image
@@ -298,20 +297,25 @@ EXPECTED_VALUES = {  # plausible ranges for an adult brain, a guard against a ri
 
 @pytest.fixture(scope="session")
 def dicom_runs(t1_series, weights_env, tmp_path_factory: pytest.TempPathFactory):
-    """``medhub run MODEL`` on the T1 DICOM series, as a user runs it: once per model and session.
+    """``medhub check MODEL`` (the card's sample, the T1 as DICOM, through the real pipeline with its
+    default workflow, compared with the card's reference values): once per model and session. The
+    tests below compare the same run's SEG with brainchop's own result, so the model runs once.
 
     Returns a function of the model id giving (report entry, SEG path, seconds).
     """
-    folder, _, _ = t1_series
     done: dict[str, tuple[dict, Path, float]] = {}
 
     def run(model_id: str) -> tuple[dict, Path, float]:
         if model_id not in done:
-            out = tmp_path_factory.mktemp(f"{model_id}-out") / "results"
+            work = tmp_path_factory.mktemp(f"{model_id}-check")
+            out = work / "output"
             started = time.perf_counter()
-            result = medhub_cli("run", model_id, "--input", str(folder), "--output", str(out))
+            results = check_model(model_id, work_dir=work)
             seconds = time.perf_counter() - started
-            assert result.returncode == 0, result.stderr
+            lines = [r.line() for r in results]
+            assert not [line for line in lines if line.startswith(("FAIL", "WARN run"))], "\n".join(lines)
+            assert any(line.startswith("OK   run:") for line in lines) and any(
+                line.startswith("OK   reference:") for line in lines), "\n".join(lines)
             entry = next(e for e in json.loads((out / "medhub-report.json").read_text())["series"]
                          if e["status"] == "succeeded")
             done[model_id] = entry, out / next(o for o in entry["outputs"] if o.endswith(".seg.dcm")), seconds

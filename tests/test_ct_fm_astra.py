@@ -25,7 +25,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import shared_path
+from conftest import make_sample_mirror, shared_path
 
 import medhub.models.ct_fm_astra.shards as shards
 from medhub.errors import MedhubError
@@ -226,6 +226,19 @@ def _medhub(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MEDHUB_CACHE": str(cache)}
     return subprocess.run([sys.executable, "-m", "medhub", *args], capture_output=True, text=True, env=env,
                           timeout=1800)
+
+
+@needs_weights
+def test_medhub_check_passes_on_the_cards_sample(tmp_path):
+    """``medhub check ct-fm-astra`` as its author runs it: the card's sample CT (fetched by URL + SHA-256
+    through the weights mirror), one forward pass, the vector's length and norm against the card."""
+    mirror = make_sample_mirror(tmp_path / "mirror")
+    proc = subprocess.run([sys.executable, "-m", "medhub", "check", "ct-fm-astra"], capture_output=True, text=True,
+                          timeout=1800, env={**os.environ, "MEDHUB_CACHE": str(tmp_path / "cache"),
+                                             "MEDHUB_WEIGHTS_MIRROR": str(mirror)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "OK   run: 30 images → ct-fm-astra.embedding.npy" in proc.stdout, proc.stdout
+    assert "OK   reference: embedding_l2_norm = 12.09" in proc.stdout, proc.stdout
 
 
 @needs_weights

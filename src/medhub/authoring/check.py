@@ -45,6 +45,7 @@ from medhub.hub.catalog import (
 from medhub.hub.runtime import RUNNERS
 from medhub.hub.weights import WeightFile, ensure_weights
 from medhub.hub.workflow import load_workflow_file
+from medhub.inputs.sample import nifti_as_dicom
 from medhub.pipeline.report import Status
 from medhub.pipeline.run import RunOptions, run
 from medhub.pipeline.workflows import workflow_problems
@@ -162,9 +163,16 @@ def check_model(target: str, *, device: str = "cpu", write_reference: bool = Fal
         results += _check_workflows(entry)
         results += _check_segments(card)
         results += _check_requirements(card)
-        results += _check_weights(entry)
+        weights = _check_weights(entry)
+        results += weights
         if not runner_ok:
             results.append(CheckResult("run", "fail", "not run: fix the runner first"))
+            return results
+        if any(r.status == "warn" for r in weights):
+            results.append(CheckResult("run", "warn", "the sample run was NOT done: the model's weights cannot be "
+                                                      "fetched on this machine (see the weights line); put them in "
+                                                      "MEDHUB_WEIGHTS_MIRROR or run medhub pull where there is "
+                                                      f"network, then run medhub check {entry.id} again"))
             return results
         with _work_folder(work_dir) as work:
             sample = _materialize_sample(entry, work, results)
@@ -288,13 +296,28 @@ def _check_requirements(card: ModelCard) -> list[CheckResult]:
 
 
 def _check_weights(entry: ModelEntry) -> list[CheckResult]:
+    """Every weights file verified; a remote file this machine cannot reach is a warning, not a pass.
+
+    Why a warning: a card whose https:// weights cannot be fetched from an offline machine may
+    still be right. The sample run is then not done, and the ``run`` line says so and why.
+    A local file that is missing, a wrong SHA-256 or a missing package is a failure.
+    """
     if not entry.card.weights:
         return [CheckResult("weights", "ok", "none declared")]
     try:
         paths = pull_weights(entry, progress=False)
     except MedhubError as exc:
+        if _unreachable(exc, entry.card):
+            return [CheckResult("weights", "warn", f"not verified: this machine cannot fetch them: {exc}")]
         return [CheckResult("weights", "fail", f"{exc} (or run: medhub pull {entry.id})")]
     return [CheckResult("weights", "ok", f"{len(paths)} file(s) verified")]
+
+
+def _unreachable(exc: MedhubError, card: ModelCard) -> bool:
+    """True when the weights failed only because their http(s) URLs (and the mirror) could not be reached."""
+    text = str(exc)
+    remote = [w for w in card.weights if w.url is not None and w.url.startswith(("http://", "https://"))]
+    return " not found: tried http" in text and any(w.url is not None and w.url in text for w in remote)
 
 
 # ----------------------------------------------------------------------------------- sample and reference
@@ -319,7 +342,12 @@ def sample_input(entry: ModelEntry, spec: SampleSpec, out_dir: Path) -> Path:
             raise MedhubError(f"sample path {path} does not exist")
         return path
     if spec.url is not None:
-        return _fetch_sample(entry, spec, out_dir)
+        fetched = _fetch_sample(entry, spec, out_dir)
+        if spec.dicom and fetched.name.endswith((".nii", ".nii.gz")):
+            modality = entry.card.inputs[0].modality or entry.card.modality[0]
+            return nifti_as_dicom(fetched, out_dir, modality=modality.split("|")[0],
+                                  body_part=entry.card.inputs[0].body_part or entry.card.body_part)
+        return fetched
     assert spec.generator is not None
     module_name, _, function_name = spec.generator.partition(":")
     try:
@@ -340,7 +368,7 @@ def _fetch_sample(entry: ModelEntry, spec: SampleSpec, out_dir: Path) -> Path:
 
     assert spec.url is not None and spec.sha256 is not None
     name = spec.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "sample"
-    file = WeightFile(name=f"sample/{name}", url=spec.url, sha256=spec.sha256)
+    file = WeightFile(name=f"sample/{name}", url=spec.url, sha256=spec.sha256, size=spec.size)
     local = ensure_weights(entry.id, [file], progress=True)[file.name]
     if name.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
         target = out_dir / "sample"
@@ -382,14 +410,25 @@ def _run_and_compare(entry: ModelEntry, sample: Path, work: Path, *, device: str
     timing = ", ".join(f"{k} {v:.2f} s" for k, v in series.timings.items() if k in ("model_load", "predict"))
     written = ", ".join(Path(o).name for o in series.outputs)
     results.append(CheckResult("run", "ok", f"{series.images} images → {written} ({timing})"))
-    nifti = next(output / o for o in series.outputs if o.endswith((".nii", ".nii.gz")))
+    values = dict(series.values)
+    vectors = [output / o for o in series.outputs if o.endswith(".embedding.npy")]
+    if vectors:  # an embedding model: the vector is compared by its length and norm
+        vector = np.load(vectors[0])
+        values["embedding_dim"] = int(vector.size)
+        values["embedding_l2_norm"] = round(float(np.linalg.norm(vector)), 6)
+    nifti = next((output / o for o in series.outputs if o.endswith((".nii", ".nii.gz"))), None)
     if write_reference:
-        return results + [_write_reference(entry, nifti, series.values)]
+        return results + [_write_reference(entry, nifti, values)]
     if reference is None:
         return results + [CheckResult("reference", "fail", "the card has no sample.reference: add "
                                                            "'reference: {folder: reference}' under sample, then run "
                                                            "medhub check PATH --write-reference and review it")]
-    return results + compare_with_reference(entry, nifti, series.values)
+    if reference.inline:
+        return results + compare_with_card(entry, nifti, values)
+    if nifti is None:
+        return results + [CheckResult("reference", "fail", "the run wrote no label map to compare with the "
+                                                           "reference folder; give values in sample.reference")]
+    return results + compare_with_reference(entry, nifti, values)
 
 
 def _reference_folder(entry: ModelEntry) -> Path:
@@ -399,12 +438,12 @@ def _reference_folder(entry: ModelEntry) -> Path:
     return entry.path / folder
 
 
-def _write_reference(entry: ModelEntry, nifti: Path, values: dict[str, Any]) -> CheckResult:
+def _write_reference(entry: ModelEntry, nifti: Path | None, values: dict[str, Any]) -> CheckResult:
     import shutil
 
     folder = _reference_folder(entry)
     folder.mkdir(parents=True, exist_ok=True)
-    if entry.card.outputs.segments:
+    if entry.card.outputs.segments and nifti is not None:
         shutil.copyfile(nifti, folder / REFERENCE_LABELS)
     (folder / REFERENCE_VALUES).write_text(json.dumps(values, indent=2, sort_keys=True, default=str) + "\n")
     return CheckResult("reference", "ok", f"wrote {folder} from this run: review it before you commit it")
@@ -452,6 +491,43 @@ def compare_with_reference(entry: ModelEntry, nifti: Path, values: dict[str, Any
             results.append(CheckResult("reference", "ok", f"{name} = {got}"))
         else:
             results.append(CheckResult("reference", "fail", f"value {name} = {got}, reference {want} (rtol "
+                                                            f"{spec.value_rtol}, atol {spec.value_atol}); {fix}"))
+    return results
+
+
+def compare_with_card(entry: ModelEntry, nifti: Path | None, values: dict[str, Any]) -> list[CheckResult]:
+    """The run against the expected values and voxel counts written in the card (one line per finding)."""
+    import nibabel as nib
+
+    card = entry.card
+    assert card.sample is not None and card.sample.reference is not None
+    spec = card.sample.reference
+    fix = "fix the model, or if the change is intended, update sample.reference in the card"
+    results: list[CheckResult] = []
+    if spec.segment_voxels:
+        if nifti is None:
+            return [CheckResult("reference", "fail", "the run wrote no label map; segment_voxels cannot be compared")]
+        labels = np.asarray(nib.load(nifti).dataobj)
+        counts = dict(zip(*np.unique(labels, return_counts=True), strict=True))
+        value_of = {segment: value for value, segment in card.outputs.segments.items()}
+        for segment_id, want in sorted(spec.segment_voxels.items()):
+            if segment_id not in value_of:
+                results.append(CheckResult("reference", "fail", f"segment_voxels names {segment_id!r}, which is not "
+                                                                "an output segment of the card"))
+                continue
+            got = int(counts.get(value_of[segment_id], 0))
+            if math.isclose(got, want, rel_tol=spec.voxel_rtol, abs_tol=0):
+                results.append(CheckResult("reference", "ok", f"{segment_id} {got} voxels"))
+            else:
+                results.append(CheckResult("reference", "fail", f"{segment_id} {got} voxels, reference {want} "
+                                                                f"(rtol {spec.voxel_rtol}); {fix}"))
+    for name, want in sorted(spec.values.items()):
+        if name not in values:
+            results.append(CheckResult("reference", "fail", f"value {name} is missing from the output; {fix}"))
+        elif _close(values[name], want, spec.value_rtol, spec.value_atol):
+            results.append(CheckResult("reference", "ok", f"{name} = {values[name]}"))
+        else:
+            results.append(CheckResult("reference", "fail", f"value {name} = {values[name]}, reference {want} (rtol "
                                                             f"{spec.value_rtol}, atol {spec.value_atol}); {fix}"))
     return results
 

@@ -389,20 +389,33 @@ class MemoryEstimate(_Strict):
 class ReferenceSpec(_Strict):
     """Expected outputs on the sample data; ``medhub check`` compares against them like MHub's medcmp.
 
-    ``folder`` (relative to the card's folder) holds ``labels.nii.gz``, the label map on the
-    grid of the sample series, and ``values.json``, the reported values. Each segment's Dice
-    must reach ``min_dice`` (or its entry in ``segment_min_dice``); each number must match
-    within ``value_rtol`` (relative) or ``value_atol`` (absolute); other values exactly.
-    ``medhub check PATH --write-reference`` (re)writes the folder from the current run: review
-    it, or better replace it with the upstream tool's own output on the same input.
+    Two forms. **In the card** (no image files in the repository): ``values`` (each reported
+    value, numbers within ``value_rtol`` / ``value_atol``, others exactly) and ``segment_voxels``
+    (voxels per segment ID, within ``voxel_rtol``); an embedding model's vector is compared by
+    the values ``embedding_dim`` and ``embedding_l2_norm``. **In a folder** (``folder``, relative
+    to the card): ``labels.nii.gz``, the label map on the grid of the sample series, compared
+    by Dice (``min_dice``, ``segment_min_dice``), and ``values.json``. The folder is read only
+    when the card gives neither ``values`` nor ``segment_voxels``. ``medhub check PATH
+    --write-reference`` (re)writes the folder from the current run: review it, or better
+    replace it with the upstream tool's own output on the same input.
     """
 
     workflow: str = Field(default="default", description="workflow the sample is run with")
+    values: dict[str, float | int | bool | str] = Field(
+        default_factory=dict, description="expected reported values (e.g. brain_volume_ml), in the card")
+    segment_voxels: dict[str, int] = Field(
+        default_factory=dict, description="expected voxels per segment ID on the sample's grid, in the card")
+    voxel_rtol: float = Field(default=0.01, ge=0, description="relative tolerance of segment_voxels")
     folder: str = Field(default="reference", description="folder with labels.nii.gz and values.json")
     min_dice: float = Field(default=0.99, ge=0, le=1)
     segment_min_dice: dict[str, float] = Field(default_factory=dict, description="per segment ID overrides")
     value_rtol: float = Field(default=1e-3, ge=0)
     value_atol: float = Field(default=0.0, ge=0)
+
+    @property
+    def inline(self) -> bool:
+        """True when the expected results are written in the card (the folder is then not read)."""
+        return bool(self.values or self.segment_voxels)
 
 
 class SampleSpec(_Strict):
@@ -419,7 +432,10 @@ class SampleSpec(_Strict):
     path: str | None = None
     url: str | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    size: int | None = Field(default=None, gt=0, description="bytes of the file at url (checked before hashing)")
     generator: str | None = None
+    dicom: bool = Field(default=False, description="write a NIfTI sample as a DICOM series of the card's "
+                                                   "modality, so the check runs the DICOM path (select, SEG)")
     reference: ReferenceSpec | None = None
 
     @field_validator("generator")

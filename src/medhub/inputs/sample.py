@@ -64,6 +64,26 @@ def content_seed(array: np.ndarray, affine: np.ndarray) -> str:
 _SAMPLES = {"deepbet": _mni152_t1}
 
 
+def nifti_as_dicom(path: Path, out_dir: Path, *, modality: str, body_part: str = "") -> Path:
+    """A NIfTI sample written as one DICOM series, byte for byte the same on every run.
+
+    Why: a model card's sample may be a real NIfTI fetched by URL (``sample: {url, sha256,
+    dicom: true}``); written as DICOM it takes the path real data takes (scan, select, load,
+    SEG). The voxels are stored as they are (no resampling); the UIDs derive from the voxels and
+    the geometry, the dates are fixed, so a SEG made from one copy references the other.
+    """
+    import nibabel as nib
+
+    image = nib.load(path)
+    array = np.asanyarray(image.dataobj)
+    affine_lps = LPS_TO_RAS @ image.affine
+    folder = out_dir / (path.name.removesuffix(".gz").removesuffix(".nii") + "_dicom")
+    write_dicom_series(array, affine_lps, folder, modality=modality, series_description=f"{path.name} (sample)",
+                       study_description="medhub sample data", patient_id="SAMPLE", patient_name="Sample^Data",
+                       body_part=body_part, uid_seed=content_seed(array, affine_lps), acquired=dt.datetime(2000, 1, 1))
+    return folder
+
+
 def write_sample(out_dir: Path, model_id: str) -> Path:
     """Write sample DICOM for ``model_id`` under ``out_dir``; return the folder holding the series."""
     key = model_id.strip().lower().replace("_", "-")
