@@ -124,11 +124,9 @@ def test_kept_sample_is_the_same_bytes_on_every_run_and_never_replaces_foreign_f
     assert headers[0].SeriesInstanceUID == headers[1].SeriesInstanceUID
     assert headers[0].SOPInstanceUID != headers[1].SOPInstanceUID
 
-    again = keep_sample(out, "deepbet")  # same bytes: left untouched
+    again = keep_sample(out, "deepbet")  # written again byte for byte the same, so left untouched
     assert again == first
     assert {p.name: p.stat().st_mtime_ns for p in again.iterdir()} == stamps
-    elsewhere = keep_sample(tmp_path / "other", "deepbet")  # a fresh folder: byte-identical files
-    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in elsewhere.iterdir()} == digests
     assert not list(out.glob(".sample-input*"))  # no staging folder left
 
     (first / "IM00001.dcm").write_bytes(b"changed")  # ours, but changed: rewritten
