@@ -196,13 +196,17 @@ def test_echo_and_allow_ae_refuses_unknown_calling_aes(pacs, tmp_path):
 
 
 def test_a_series_that_cannot_run_does_not_stop_the_node(pacs, tmp_path):
-    """A 2-slice CT (ct-body needs 5) is dropped as not suitable; a CT with a cut slice is skipped by the checks
-    (a missing slice) and kept under the spool's failed/; the next series runs as usual."""
+    """A 2-slice CT (ct-body needs 5) is dropped as not suitable; a CT with two different images at each position
+    (not one 3D volume) is skipped by the checks and kept under the spool's failed/; the next series runs."""
     _, short_series, short = make_series(tmp_path / "short", slices=2)
-    _, broken_series, broken = make_series(tmp_path / "broken", slices=10)
-    cut = pydicom.dcmread(broken[4])
-    cut.PixelData = cut.PixelData[:1000]  # a slice whose pixel data stops early
-    cut.save_as(broken[4])
+    _, broken_series, broken = make_series(tmp_path / "broken", slices=5)
+    for path in list(broken):  # a second image at every position: a 4D series, which ct-body cannot take
+        dataset = pydicom.dcmread(path)
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        dataset.PixelData = (dataset.pixel_array + 7).astype(dataset.pixel_array.dtype).tobytes()
+        dataset.InstanceNumber = int(dataset.InstanceNumber) + 1000
+        dataset.save_as(path.with_name(path.name + "_t2"))
+        broken.append(path.with_name(path.name + "_t2"))
     _, series, files = make_series(tmp_path / "ct", slices=10)
     with Node(pacs, tmp_path / "out", forward=None) as node:
         assert send(short, pacs.listener_port) == [0, 0]
@@ -213,7 +217,7 @@ def test_a_series_that_cannot_run_does_not_stop_the_node(pacs, tmp_path):
         wait_for(lambda: node.logged(f"series {series}: done"), 60, "the good series")
     assert "too few slices: 2" in node.logged(f"series {short_series}: not processed")[0]
     (skipped,) = node.logged(f"series {broken_series}: skipped")
-    assert "missing slice" in skipped and "instances kept in" in skipped
+    assert "not one 3D volume" in skipped and "instances kept in" in skipped
     kept = list((tmp_path / "out" / ".medhub-spool" / "failed").iterdir())
     assert [p.name.rsplit(".", 1)[0] for p in kept] == [broken_series] and len(list(kept[0].glob("*.dcm"))) == 10
     assert not (tmp_path / "out" / ".medhub-spool" / "work").exists() or \

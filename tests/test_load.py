@@ -532,3 +532,31 @@ def test_real_ge_ct_pixel_padding_is_set_to_air() -> None:
     assert note.startswith(f"pixel padding (PixelPaddingValue -2000): {padded} voxels") and "-1024 HU" in note
     assert volume.array.min() == -1024  # was -3024 HU (-2000 stored, intercept -1024)
     assert int((volume.array == -1024).sum()) >= padded
+
+
+def test_implicit_vr_philips_duplicates_compared_without_converting_private_elements(tmp_path):
+    """Real Philips slices in Implicit VR (as modalities send over DIMSE): (01F1,1026) holds DS text where pydicom's
+    private dictionary says FD. Comparing the headers of two images at one position must not convert it: identical
+    copies are removed, different images give the 4D reason, never a BytesLengthException."""
+    from medhub.inputs.scan import scan
+
+    for name, change in (("copies", 0), ("different", 7)):
+        folder = tmp_path / name
+        folder.mkdir()
+        slices = sorted(shared_path("ct/philips_phantom_head_1mm").iterdir(),
+                        key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))
+        for path in slices[60:66]:  # six contiguous slices
+            dataset = pydicom.dcmread(path)
+            dataset.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+            dataset.save_as(folder / path.name, enforce_file_format=True)
+            dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            dataset.PixelData = (dataset.pixel_array + change).astype(dataset.pixel_array.dtype).tobytes()
+            dataset.save_as(folder / f"{path.name}_again", enforce_file_format=True)
+        (series,) = scan(folder).series
+        if change:
+            with pytest.raises(SeriesSkipped, match="different images at the same position .* not one 3D volume"):
+                load_series(series)
+        else:
+            volume = load_series(series)
+            assert volume.array.shape[2] == 6
+            assert any("duplicate positions removed" in finding for finding in volume.findings)

@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from medhub.data import geometry
@@ -538,8 +540,21 @@ def _same_headers(group: list[_Frame]) -> bool:
 
 
 def _fingerprint(header: Dataset, keep_volatile: bool = False) -> tuple[tuple[int, str], ...]:
-    return tuple((int(e.tag), str(e.value)) for e in header
-                 if (keep_volatile or e.keyword not in VOLATILE_TAGS) and e.tag.group != 0x0002)
+    return tuple((int(tag), _value_text(header, tag)) for tag in sorted(header.keys())
+                 if (keep_volatile or keyword_for_tag(tag) not in VOLATILE_TAGS) and tag.group != 0x0002)
+
+
+def _value_text(header: Dataset, tag: BaseTag) -> str:
+    """An element's value as text; its raw bytes when pydicom cannot convert it.
+
+    In an Implicit VR file (what modalities send over DIMSE) pydicom takes a private element's
+    VR from its private dictionary, which real headers contradict: Philips' (01F1,1026) holds DS
+    text where the dictionary says FD, and converting it raises.
+    """
+    try:
+        return str(header[tag].value)
+    except Exception:
+        return repr(header.get_item(tag).value)
 
 
 # ---------------------------------------------------------------- frames from headers
