@@ -89,6 +89,9 @@ class Case:
     unreadable: dict[str, str] = field(default_factory=dict)  # file name → a word of its reason
     stderr: str = ""  # a word the one stderr line must contain ("" = stderr may be empty)
     check: Callable[[Path, dict[str, Any]], None] | None = None
+    # The --output to pass, from the case folder (default: a fresh folder outside it). With exit code 2
+    # nothing under the case folder may change, the output included; otherwise anything but the output.
+    output: Callable[[Path], Path] | None = None
 
 
 # ------------------------------------------------------------------------------------- real data
@@ -465,6 +468,67 @@ def _build_nifti_sidecar_mr(case: Path) -> Path:
     return target
 
 
+# ------------------------------------------------------------------------------------- where the output goes
+
+LOOKALIKES = {  # a user's files in an output folder whose names look like medhub's temporary files
+    ".thesis.tex.partial": b"my thesis",
+    "series/.IM0001.dcm.mh0123456789abcdef.1.1.partial": b"a well-formed name, but a token no run recorded",
+}
+STALE_TOKEN = "feedfacefeedface"  # the token of an earlier, killed run recorded in the output folder's journal
+
+
+def _build_output_contains_input(case: Path) -> Path:
+    """``--input tree/dicom --output tree``: the output folder holds the input (and the user's other files)."""
+    write(ct_slices("input inside the output"), case / "tree" / "dicom")
+    (case / "tree" / "dicom" / ".notes.partial").write_bytes(b"my notes")
+    (case / "tree" / ".draft.tex.partial").write_bytes(b"my draft")
+    return case / "tree" / "dicom"
+
+
+def _build_output_inside_input_via_link(case: Path) -> Path:
+    write(ct_slices("output through a link"), _input(case))
+    os.symlink(case / "input", case / "link")  # --output link/out is input/out
+    return case / "input"
+
+
+def _build_input_links_to_output(case: Path) -> Path:
+    write(ct_slices("a link to the output"), _input(case) / "series")
+    (case / "out").mkdir()
+    (case / "out" / "earlier.txt").write_bytes(b"an earlier result")
+    os.symlink(case / "out", case / "input" / "results")  # the input reaches the output folder
+    return case / "input"
+
+
+def _build_output_is_a_file(case: Path) -> Path:
+    write(ct_slices("output is a file"), _input(case))
+    (case / "out.txt").write_bytes(b"not a folder")
+    return case / "input"
+
+
+def _build_lookalike_temporaries(case: Path) -> Path:
+    """An output folder of a killed run (a recorded token, its leftover), plus the user's look-alike files."""
+    write(ct_slices("look-alike temporaries"), _input(case))
+    out = _lookalike_output(case)
+    for name, content in LOOKALIKES.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(content)
+    (out / "medhub-journal.jsonl").write_text(json.dumps({"run": STALE_TOKEN, "fresh": True}) + "\n")
+    (out / "series" / f".ct-body.seg.dcm.mh{STALE_TOKEN}.4242.1.partial").write_bytes(b"half a SEG")
+    return case / "input"
+
+
+def _lookalike_output(case: Path) -> Path:
+    out = case.parent / "existing-output"
+    out.mkdir(exist_ok=True)
+    return out
+
+
+def _check_lookalikes_kept(out: Path, report: dict[str, Any]) -> None:
+    for name, content in LOOKALIKES.items():
+        assert (out / name).read_bytes() == content, f"the user's {name} was changed or deleted"
+    assert not list(out.rglob(f"*{STALE_TOKEN}*")), "the killed run's temporary file (recorded token) was not removed"
+
+
 # ------------------------------------------------------------------------------------- the corpus
 
 CASES: list[Case] = [
@@ -563,6 +627,32 @@ CASES: list[Case] = [
     Case("declared-65535-jpeg2000",
          "JPEG 2000 files whose headers declare 65535x65535: refused before decoding against the memory budget",
          _build_huge_jpeg2000, 2, series=(SeriesExpect("", "skipped", ("65535x65535", "memory")),), stderr="memory"),
+]
+
+CASES += [
+    Case("output-contains-input",
+         "--input tree/dicom --output tree: refused before any work (exit 2, one line); nothing under tree changes, "
+         "not even the user's files named like medhub's temporaries",
+         _build_output_contains_input, 2, stderr="inside the output folder", output=lambda case: case / "tree"),
+    Case("output-inside-input-through-a-link",
+         "--output link/out where link points to the input folder: refused (exit 2), nothing written",
+         _build_output_inside_input_via_link, 2, stderr="inside the input folder",
+         output=lambda case: case / "link" / "out"),
+    Case("input-links-to-the-output",
+         "a folder link inside the input tree points to the output folder: refused (exit 2) when the walk meets it, "
+         "before anything is written",
+         _build_input_links_to_output, 2, stderr="links to the output folder", output=lambda case: case / "out"),
+    Case("output-is-an-existing-file",
+         "--output names an existing file: exit 2 with one line, no traceback, before any work",
+         _build_output_is_a_file, 2, stderr="existing file", output=lambda case: case / "out.txt"),
+    Case("output-cannot-be-made",
+         "--output under an existing file (out.txt/results): exit 2 with one line, before any work",
+         _build_output_is_a_file, 2, stderr="cannot be made", output=lambda case: case / "out.txt" / "results"),
+    Case("lookalike-temporaries-in-the-output",
+         "an output folder holding the user's files named like medhub's temporaries and a killed run's leftover: "
+         "only the leftover whose run token the folder's journal records is removed",
+         _build_lookalike_temporaries, 0, series=(SeriesExpect("look-alike temporaries", "succeeded"),),
+         output=_lookalike_output, check=_check_lookalikes_kept),
 ]
 
 BY_NAME = {case.name: case for case in CASES}

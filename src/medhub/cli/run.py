@@ -85,22 +85,28 @@ def run(
         check_push_url(push)  # a bad push URL fails before any work
     if (move_to is not None or move_port is not None) and not str(input or "").lower().startswith("dimse:"):
         raise MedhubError("--move-to and --move-port apply to dimse:// inputs only")
+    _check_output(input, output)
     # SIGTERM (a batch system's kill) unwinds like Ctrl-C, so temporary files are removed on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     progress = JsonLinesProgress() if json_progress else RichProgress()
     scratch: Path | None = None  # a DICOMweb download or links to IDC's cache, removed after the run
     provenance: list[dict[str, Any]] = []
+    claimed = None
     try:
         if sample:  # kept in OUT/sample-input/, so the results' references resolve (medhub view OUT)
+            from medhub.files import OutputFolder, writing_as
             from medhub.inputs.sample import keep_sample
 
-            source = keep_sample(output, entry.card.id)
+            claimed = OutputFolder.claim(output)
+            claimed.start(fresh=not resume)  # the sample's staging folder carries this run's token
+            with writing_as(claimed.token):
+                source = keep_sample(output, entry.card.id)
         else:
             source, scratch, provenance = _resolve_input(str(input), progress, move_to, move_port)
         options = RunOptions(input_path=source, output_dir=output, workflow=chosen, device=device,
                              template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug,
                              resume=resume, input_label=_input_label(input, sample, source, output),
-                             input_provenance=provenance)
+                             input_provenance=provenance, input_in_output=sample, output_folder=claimed)
         if scheduler or workers:
             from medhub.pipeline.cluster import DaskExecutor
 
@@ -109,6 +115,8 @@ def run(
         report = run_pipeline(entry, options)
     finally:
         progress.close()
+        if claimed is not None:
+            claimed.release()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     summary = report.summary()
@@ -118,6 +126,18 @@ def run(
         _push(report, output, push)
     if summary[Status.FAILED.value]:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _check_output(input: str | None, output: Path) -> None:
+    """Before any work: the output is a folder medhub can make, and it does not overlap a local input."""
+    from medhub.files import check_output_location
+    from medhub.inputs.idc import is_idc_url
+    from medhub.inputs.remote import is_remote
+
+    local = input is not None and not is_remote(input) and not is_idc_url(input)
+    if local and not Path(str(input)).exists():
+        raise MedhubError(f"input not found: {input}")
+    check_output_location(Path(str(input)) if local else None, output)
 
 
 def _input_label(value: str | None, sample: bool, source: Path, output: Path) -> str:

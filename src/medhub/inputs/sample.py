@@ -23,6 +23,7 @@ import numpy as np
 
 from medhub.data.volume import LPS_TO_RAS
 from medhub.errors import MedhubError
+from medhub.files import temporary_path
 from medhub.inputs.synth import write_dicom_series
 
 
@@ -110,9 +111,9 @@ def keep_sample(output_dir: Path, model_id: str) -> Path:
     output_dir = Path(output_dir)
     target = output_dir / SAMPLE_FOLDER
     output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.glob(f".{SAMPLE_FOLDER}.*.partial"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = output_dir / f".{SAMPLE_FOLDER}.{os.getpid()}.partial"
+    # Named with the run's token (medhub.files.writing_as): a killed run's staging folder is removed by the next
+    # run into this folder (medhub.files.OutputFolder), and nothing else named like it ever is.
+    staging = temporary_path(target)
     try:
         series = write_sample(staging, model_id)
         relative = series.relative_to(staging)

@@ -57,7 +57,7 @@ _CHUNK = 256  # files per task in a parallel scan
 
 
 def scan(root: Path, progress: Callable[[int], None] | None = None, *, workers: int | None = None,
-         keep_headers: bool | None = None) -> ScanResult:
+         keep_headers: bool | None = None, avoid: Path | None = None) -> ScanResult:
     """Read the headers of all DICOM files under ``root`` and group them into series.
 
     ``progress`` is called with the number of files handled so far (use :func:`iter_files`
@@ -66,16 +66,17 @@ def scan(root: Path, progress: Callable[[int], None] | None = None, *, workers: 
     ``MEDHUB_SCAN_WORKERS`` environment variable, else 1). ``keep_headers`` keeps every header in
     memory; by default they are kept up to :data:`RELEASE_HEADERS_ABOVE` files and released
     beyond (re-read on demand), so a tree of 10^5 files stays within a bounded footprint.
+    ``avoid`` is the run's output folder: a link into it is refused (:func:`iter_files`).
     """
     root = Path(root)
     result = ScanResult(root=root)
     groups: dict[str, list[Instance]] = {}
     workers = workers if workers is not None else config.settings().scan_workers
     if workers > 1:
-        _scan_parallel(root, result, groups, workers, progress)
+        _scan_parallel(root, result, groups, workers, progress, avoid)
     else:
         releasing = keep_headers is False
-        for path in iter_files(root, on_skip=_skipped(result)):
+        for path in iter_files(root, on_skip=_skipped(result), avoid=avoid):
             result.files_seen += 1
             key = _scan_file(path, result, groups)
             if not releasing and keep_headers is None and result.files_seen > RELEASE_HEADERS_ABOVE:
@@ -92,7 +93,7 @@ def scan(root: Path, progress: Callable[[int], None] | None = None, *, workers: 
 
 
 def _scan_parallel(root: Path, result: ScanResult, groups: dict[str, list[Instance]], workers: int,
-                   progress: Callable[[int], None] | None) -> None:
+                   progress: Callable[[int], None] | None, avoid: Path | None = None) -> None:
     """Read headers in worker processes; only light records come back (headers are re-read on demand)."""
     import multiprocessing
     import threading
@@ -117,7 +118,7 @@ def _scan_parallel(root: Path, result: ScanResult, groups: dict[str, list[Instan
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
         batch: list[str] = []
-        for path in iter_files(root, on_skip=_skipped(result)):
+        for path in iter_files(root, on_skip=_skipped(result), avoid=avoid):
             batch.append(str(path))
             if len(batch) == _CHUNK:
                 pending.add(pool.submit(_scan_chunk, batch))

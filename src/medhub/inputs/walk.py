@@ -12,6 +12,9 @@ The link policy (README, "What is refused and why"):
   device is not an export) are skipped and named.
 
 Skipped paths are handed to ``on_skip(path, reason)``; the scan lists them with the unreadable files.
+
+A link that leads into the run's output folder (``avoid``) is refused outright (a
+:class:`~medhub.errors.MedhubError`): the input would then contain what the run writes.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ from medhub.errors import MedhubError
 SkipHandler = Callable[[Path, str], None]
 
 
-def iter_files(root: Path, on_skip: SkipHandler | None = None) -> Iterator[Path]:
+def iter_files(root: Path, on_skip: SkipHandler | None = None, avoid: Path | None = None) -> Iterator[Path]:
     """Yield every regular file under ``root`` (or ``root`` itself), sorted for determinism.
 
     Order is depth-first by name (files and folders interleaved, like a sorted ``find``); a file
     reached through a link is yielded under the link's path. See the module docstring for links.
+    ``avoid`` is the output folder: a link into it ends the walk with a one-line error.
     """
     root = Path(root)
+    output = Path(avoid).resolve() if avoid is not None else None
+    output_identity = _identity(output) if output is not None else None
     skip: SkipHandler = on_skip or (lambda path, reason: None)
     try:
         info = root.stat()
@@ -59,8 +65,13 @@ def iter_files(root: Path, on_skip: SkipHandler | None = None) -> Iterator[Path]
         except OSError as exc:
             skip(path, _link_problem(path, exc))
             continue
+        if output is not None and entry.is_symlink():
+            _refuse_link_into(path, output)
         if stat.S_ISDIR(info.st_mode):
             identity = (info.st_dev, info.st_ino)
+            if identity == output_identity:  # reached through a link to a folder above it
+                raise MedhubError(f"the input reaches the output folder ({path}): medhub never writes into its "
+                                  "input; choose an output folder the input does not reach")
             if identity in walked:
                 skip(path, f"link to a folder already walked ({walked[identity]}): not walked again "
                            "(a symlink loop or a second link to it)")
@@ -74,6 +85,22 @@ def iter_files(root: Path, on_skip: SkipHandler | None = None) -> Iterator[Path]
             yield path
         else:
             skip(path, "not a regular file (a FIFO, socket or device): not read")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _refuse_link_into(link: Path, output: Path) -> None:
+    """A link whose target is the output folder or lies inside it: the input would hold the run's own results."""
+    target = link.resolve()
+    if target == output or output in target.parents:
+        raise MedhubError(f"the input links to the output folder ({link} -> {target}): medhub never writes into its "
+                          "input; choose an output folder the input does not reach")
 
 
 def _link_problem(path: Path, exc: OSError) -> str:

@@ -35,6 +35,7 @@ def task_payload(pipeline: Pipeline, series: Series) -> dict[str, Any]:
         "template": options.template,
         "device": options.device,
         "debug": options.debug,
+        "run_token": pipeline.token,  # the worker's temporary files carry the token the client recorded
         "key": series.key,
         "findings": list(series.findings),
         "paths": [str(Path(i.path).resolve()) for i in series.instances],
@@ -47,7 +48,7 @@ def process_series_task(payload: dict[str, Any]) -> dict[str, Any]:
     options = RunOptions(
         input_path=Path(payload["input"]), output_dir=Path(payload["output"]),
         workflow=Workflow.model_validate(payload["workflow"]), device=payload["device"],
-        template=payload["template"], debug=payload["debug"],
+        template=payload["template"], debug=payload["debug"], run_token=payload["run_token"],
     )
     pipeline = Pipeline(model, options)
     result = scan_files([Path(p) for p in payload["paths"]], key=payload["key"])

@@ -8,17 +8,15 @@ and every file that could not be read.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from medhub.files import atomic_output
+from medhub.files import JOURNAL_NAME, append_journal, atomic_output, read_journal
 
 REPORT_NAME = "medhub-report.json"
-JOURNAL_NAME = "medhub-journal.jsonl"
 
 
 class Status(StrEnum):
@@ -57,12 +55,14 @@ class SeriesEntry:
 
 
 class Journal:
-    """An append-only log of finished series (``OUT/medhub-journal.jsonl``), one JSON line each.
+    """The series finished in an output folder (``OUT/medhub-journal.jsonl``), one JSON line each.
 
     It is what makes ``--resume`` possible after a kill at any moment: a line is written (and
     flushed to disk) only after the series' outputs have been renamed into place, so a series in
     the journal is complete; a half-written last line from a kill is ignored when read back.
-    ``fingerprint`` ties each line to the model, version and workflow that produced it.
+    ``fingerprint`` ties each line to the model, version and workflow that produced it. The same
+    file records the token of every run (:class:`medhub.files.OutputFolder`); a run started
+    without ``--resume`` ends what earlier runs finished (their lines no longer count).
     """
 
     def __init__(self, output_dir: Path, fingerprint: str) -> None:
@@ -70,22 +70,16 @@ class Journal:
         self.fingerprint = fingerprint
 
     def append(self, entry: SeriesEntry) -> None:
-        line = json.dumps({"fingerprint": self.fingerprint, **entry.to_dict()}, default=str)
-        with open(self.path, "a", encoding="utf-8") as stream:
-            stream.write(line + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
+        append_journal(self.path, {"fingerprint": self.fingerprint, **entry.to_dict()})
 
     def completed(self) -> dict[str, SeriesEntry]:
         """Series key → the last succeeded entry of this fingerprint whose outputs all exist."""
         done: dict[str, SeriesEntry] = {}
-        if not self.path.exists():
-            return done
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the torn last line of a killed run
+        for data in read_journal(self.path):
+            if "run" in data:
+                if data.get("fresh"):
+                    done.clear()  # a run without --resume: what ran before it does not count
+                continue
             if data.get("fingerprint") != self.fingerprint:
                 continue
             entry = SeriesEntry.from_dict(data)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import medhub
 from medhub.data.series import Series
 from medhub.errors import MedhubError, SeriesSkipped
-from medhub.files import check_output_location, remove_stale_partials
+from medhub.files import OutputFolder, check_output_location, new_run_token, writing_as
 from medhub.hub.devices import check_device
 from medhub.hub.workflow import Workflow
 from medhub.inputs.load import missing_uids
@@ -71,6 +71,9 @@ class RunOptions:
     scan_workers: int | None = None  # processes reading headers (None: MEDHUB_SCAN_WORKERS, else in this process)
     input_label: str | None = None  # how the report names the input (a DICOMweb URL rather than its download folder)
     input_provenance: list[dict[str, Any]] = field(default_factory=list)  # where the input came from (IDC series, ...)
+    input_in_output: bool = False  # the input is medhub's own copy inside the output folder (--sample)
+    output_folder: OutputFolder | None = None  # claimed by the caller (it wrote into it before the run: --sample)
+    run_token: str | None = None  # the token of this run's temporary files (a Dask worker gets the client's)
 
 
 class Pipeline:
@@ -81,6 +84,8 @@ class Pipeline:
         self.options = options
         self.workflow = options.workflow
         self.outputs = model_outputs(model.card)  # what the card says the runner returns: the writers follow it
+        claimed = options.output_folder
+        self.token = claimed.token if claimed is not None else options.run_token or new_run_token()
         self.report = RunReport(
             medhub_version=medhub.__version__,
             model=model.card.id,
@@ -100,34 +105,50 @@ class Pipeline:
 
     # -- entry point ---------------------------------------------------------------------------
     def run(self) -> RunReport:
-        """Run everything; raise MedhubError only when nothing at all can be done (exit code 2)."""
+        """Run everything; raise MedhubError only when nothing at all can be done (exit code 2).
+
+        Before anything is written: the device, the workflow, the input and where the output goes
+        (never overlapping the input, also through links); the output folder is then claimed (made
+        and locked). This run's token is recorded when the input is known to be safe to read (after
+        the scan), before the first temporary file.
+        """
         self.options.device = self.report.device = check_device(self.options.device, self.model.card)  # before any work
         check_workflow(self.workflow, self.model.card)  # before any work: one line naming the key
         source = self.options.input_path
         if not source.exists():
             raise MedhubError(f"input not found: {source}")
-        check_output_location(source, self.options.output_dir)
-        self.options.output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(self.options.output_dir)
-        self.journal = Journal(self.options.output_dir, self.fingerprint())
-        if not self.options.resume and self.journal.path.exists():
-            self.journal.path.unlink()  # a fresh run starts a fresh journal
+        check_output_location(source, self.options.output_dir, input_in_output=self.options.input_in_output)
+        folder = self.options.output_folder or OutputFolder.claim(self.options.output_dir, self.token)
         try:
-            if is_nifti(source):
-                self._run_nifti(source)
-            else:
-                self._run_dicom(source)
+            with writing_as(self.token):
+                if is_nifti(source):
+                    self._start(folder)
+                    self._run_nifti(source)
+                else:
+                    self._run_dicom(source, folder)
         finally:
-            self.report.finished = time.time()
-            self.report.write(self.options.output_dir)
-            self.options.progress.event("run_done", summary=self.report.summary())
+            if folder.started:
+                self.report.finished = time.time()
+                with writing_as(self.token):
+                    self.report.write(self.options.output_dir)
+                self.options.progress.event("run_done", summary=self.report.summary())
+            if self.options.output_folder is None:
+                folder.release()
         return self.report
 
+    def _start(self, folder: OutputFolder) -> None:
+        """Record this run in the output folder (its token; a fresh journal unless resuming), clean up after others."""
+        if not folder.started:
+            folder.start(fresh=not self.options.resume)
+        self.journal = Journal(self.options.output_dir, self.fingerprint())
+
     # -- DICOM ---------------------------------------------------------------------------------
-    def _run_dicom(self, root: Path) -> None:
+    def _run_dicom(self, root: Path, folder: OutputFolder) -> None:
         progress = self.options.progress
         started = time.perf_counter()
-        result = scan(root, progress=lambda n: progress.event("scan_file", files=n), workers=self.options.scan_workers)
+        result = scan(root, progress=lambda n: progress.event("scan_file", files=n), workers=self.options.scan_workers,
+                      avoid=None if self.options.input_in_output else self.options.output_dir)
+        self._start(folder)
         self.report.timings["scan"] = round(time.perf_counter() - started, 4)
         self.report.files_seen = result.files_seen
         self.report.non_dicom_files = result.non_dicom_files
@@ -197,7 +218,8 @@ class Pipeline:
         source = SourceKind.DICOM_WITHOUT_UIDS if missing_uids(series) else SourceKind.DICOM
         work = self._work(entry, self._template_fields(series), series=series)
         try:
-            self._run_steps(work, series_steps(self.steps, self.outputs, source))
+            with writing_as(self.token):  # also in a Dask worker, which calls this without run()
+                self._run_steps(work, series_steps(self.steps, self.outputs, source))
         finally:
             series.release_headers()  # a cohort's headers must not pile up in memory
         return entry
