@@ -529,6 +529,32 @@ def _check_lookalikes_kept(out: Path, report: dict[str, Any]) -> None:
     assert not list(out.rglob(f"*{STALE_TOKEN}*")), "the killed run's temporary file (recorded token) was not removed"
 
 
+def _build_resume_slice_added(case: Path) -> Path:
+    """A finished run on 11 slices; then the 12th arrives (a late transfer) and the user resumes."""
+    import subprocess
+
+    datasets = ct_slices("a slice arrived later")
+    write(datasets[:11], _input(case))
+    out = _resume_output(case)
+    subprocess.run([sys.executable, "-m", "medhub", "run", "ct-body", "--input", str(case / "input"), "--output",
+                    str(out)], check=True, capture_output=True, timeout=300)
+    datasets[11].save_as(case / "input" / "IM0011.dcm", enforce_file_format=True)
+    return case / "input"
+
+
+def _resume_output(case: Path) -> Path:
+    return case.parent / "resumed-output"
+
+
+def _check_redone_on_all_slices(out: Path, report: dict[str, Any]) -> None:
+    (entry,) = report["series"]
+    assert len(entry["sop_instance_uids"]) == 12
+    seg = pydicom.dcmread(out / next(o for o in entry["outputs"] if o.endswith(".seg.dcm")))
+    referenced = {item.ReferencedSOPInstanceUID for series in seg.ReferencedSeriesSequence
+                  for item in series.ReferencedInstanceSequence}
+    assert referenced == set(entry["sop_instance_uids"]), "the SEG is made from all 12 slices"
+
+
 # ------------------------------------------------------------------------------------- the corpus
 
 CASES: list[Case] = [
@@ -653,6 +679,12 @@ CASES += [
          "only the leftover whose run token the folder's journal records is removed",
          _build_lookalike_temporaries, 0, series=(SeriesExpect("look-alike temporaries", "succeeded"),),
          output=_lookalike_output, check=_check_lookalikes_kept),
+    Case("resume-after-a-slice-was-added",
+         "--resume after a slice was added to a finished series: the journal's instance list no longer matches, "
+         "so the series is done again on all 12 slices and the report says why",
+         _build_resume_slice_added, 0, args=("--resume",),
+         series=(SeriesExpect("a slice arrived later", "succeeded", ("redone", "input changed", "1 instance added")),),
+         output=_resume_output, check=_check_redone_on_all_slices),
 ]
 
 BY_NAME = {case.name: case for case in CASES}

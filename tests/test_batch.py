@@ -123,6 +123,28 @@ def test_resume_with_another_workflow_recomputes(cohort: Path, uninterrupted: Pa
     assert not [e for e in events if e["event"] == "series_done" and e.get("resumed")]
 
 
+def test_resume_redoes_only_the_series_whose_file_was_rewritten(cohort: Path, uninterrupted: Path,
+                                                               tmp_path: Path) -> None:
+    """Same SOP UIDs, but one file rewritten (a new modification time): that series is done again, the others not."""
+    import shutil
+
+    out, changed = tmp_path / "out", tmp_path / "cohort"
+    shutil.copytree(uninterrupted, out)
+    shutil.copytree(cohort, changed)  # copy2 keeps the modification times
+    rewritten = changed / "f2_05.dcm"
+    os.utime(rewritten, ns=(rewritten.stat().st_atime_ns, rewritten.stat().st_mtime_ns + 10**9))
+    result = _medhub("run", "ct-body", "--input", str(changed), "--output", str(out), "--set", "select.min_slices=5",
+                     "--resume", "--json-progress")
+    assert result.returncode == 1, result.stderr
+    done = [json.loads(line) for line in result.stdout.splitlines()]
+    done = [e for e in done if e["event"] == "series_done"]
+    assert sum(1 for e in done if e.get("resumed")) == SERIES - 1
+    report = json.loads((out / "medhub-report.json").read_text())
+    (redone,) = [e for e in report["series"] if e["description"] == "part 2"]
+    assert redone["notes"][0].startswith("redone: the input changed since the earlier result (the same SOP Instance")
+    assert _outputs(out) == _outputs(uninterrupted)
+
+
 def test_local_dask_cluster_gives_the_same_outputs(cohort: Path, uninterrupted: Path, tmp_path: Path) -> None:
     pytest.importorskip("dask.distributed")
     out = tmp_path / "out"

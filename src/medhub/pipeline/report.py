@@ -40,6 +40,7 @@ class SeriesEntry:
     notes: list[str] = field(default_factory=list)
     input_files: int = 0
     sop_instance_uids: list[str] = field(default_factory=list)
+    input_signature: str = ""  # the instances' SOP UIDs, sizes and mtimes, hashed: --resume redoes a changed input
     outputs: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
@@ -72,22 +73,24 @@ class Journal:
     def append(self, entry: SeriesEntry) -> None:
         append_journal(self.path, {"fingerprint": self.fingerprint, **entry.to_dict()})
 
-    def completed(self) -> dict[str, SeriesEntry]:
-        """Series key → the last succeeded entry of this fingerprint whose outputs all exist."""
-        done: dict[str, SeriesEntry] = {}
+    def completed(self) -> dict[str, tuple[SeriesEntry, str]]:
+        """Series key → (the last entry recorded for it, the fingerprint it was made with).
+
+        Only what ran since the last run without ``--resume`` counts; an entry whose outputs are
+        no longer all there is left out (the series is done again).
+        """
+        done: dict[str, tuple[SeriesEntry, str]] = {}
         for data in read_journal(self.path):
             if "run" in data:
                 if data.get("fresh"):
                     done.clear()  # a run without --resume: what ran before it does not count
                 continue
-            if data.get("fingerprint") != self.fingerprint:
-                continue
             entry = SeriesEntry.from_dict(data)
-            if entry.status != Status.SUCCEEDED:
+            if entry.status != Status.SUCCEEDED or not entry.outputs or \
+                    not all((self.path.parent / output).is_file() for output in entry.outputs):
                 done.pop(entry.key, None)
                 continue
-            if entry.outputs and all((self.path.parent / output).is_file() for output in entry.outputs):
-                done[entry.key] = entry
+            done[entry.key] = (entry, str(data.get("fingerprint", "")))
         return done
 
 

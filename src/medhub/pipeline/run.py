@@ -84,6 +84,7 @@ class Pipeline:
         self.options = options
         self.workflow = options.workflow
         self.outputs = model_outputs(model.card)  # what the card says the runner returns: the writers follow it
+        self._redo_notes: dict[str, str] = {}  # series key → why --resume did it again
         claimed = options.output_folder
         self.token = claimed.token if claimed is not None else options.run_token or new_run_token()
         self.report = RunReport(
@@ -181,23 +182,40 @@ class Pipeline:
             raise MedhubError(f"no suitable series could be processed: {'; '.join(skipped[:3])}")
 
     def fingerprint(self) -> str:
-        """What makes two runs' outputs interchangeable: model, its version, the workflow and the layout."""
+        """What makes two runs' outputs interchangeable: medhub, the model (version, weights), workflow, layout."""
         card = self.model.card
-        parts = [card.id, str(card.version), self.workflow.model_dump_json(), self.options.template]
+        weights = [f"{w.name}:{w.sha256 or w.bundled_in or ''}" for w in card.weights]
+        parts = [medhub.__version__, card.id, str(card.version), *weights, self.workflow.model_dump_json(),
+                 self.options.template]
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
     def _resume(self, chosen: list[Series]) -> list[Series]:
-        """With ``--resume``, take finished series from the journal and return the ones still to do."""
+        """With ``--resume``, take finished series from the journal and return the ones still to do.
+
+        A finished series is taken only when it was made by the same medhub, model and workflow
+        from the same instances (SOP Instance UIDs, file sizes and modification times): a slice
+        added, removed or rewritten since means the series is done again, and the report says why.
+        """
         if not self.options.resume:
             return list(chosen)
         done = self.journal.completed()
+        fingerprint = self.fingerprint()
         todo = []
         for series in chosen:
-            previous = done.get(series.key)
+            previous, made_with = done.get(series.key, (None, ""))
             if previous is None:
                 todo.append(series)
                 continue
-            previous.notes.append("resumed: outputs from an earlier run with the same model and workflow")
+            why = ""
+            if made_with != fingerprint:
+                why = "redone: the earlier result was made with another medhub or model version, or another workflow"
+            elif previous.input_signature != input_signature(series):
+                why = f"redone: the input changed since the earlier result ({_change(previous, series)})"
+            if why:
+                self._redo_notes[series.key] = why
+                todo.append(series)
+                continue
+            previous.notes.append("resumed: outputs from an earlier run with the same model, workflow and input")
             self.report.series.append(previous)
             self.options.progress.event("series_done", key=series.key, status=previous.status.value,
                                         reason="", resumed=True)
@@ -205,6 +223,8 @@ class Pipeline:
 
     def _finish(self, entry: SeriesEntry) -> None:
         """Record a processed series: in the report, in the journal (for --resume), as a progress event."""
+        if entry.key in self._redo_notes:
+            entry.notes.insert(0, self._redo_notes[entry.key])
         self.report.series.append(entry)
         self.journal.append(entry)
         self.options.progress.event("series_done", key=entry.key, status=entry.status.value, reason=entry.reason)
@@ -284,6 +304,7 @@ class Pipeline:
             reason=reason,
             input_files=len(series.instances),
             sop_instance_uids=[i.sop_instance_uid for i in series.instances],
+            input_signature=input_signature(series),
         )
 
     def _template_fields(self, series: Series) -> dict[str, object]:
@@ -299,6 +320,31 @@ class Pipeline:
             "patient_id": patient_id or "anonymous", "modality": modality or "unknown",
             "series_number": series_number or "0", "series_description": description or "none",
         }
+
+
+def input_signature(series: Series) -> str:
+    """The identity of a series' instances, cheap to check: SOP Instance UID, file size and modification time of each.
+
+    The same in a Dask worker (which reads the same files through resolved paths) as in the client.
+    A file that cannot be read now gives a value that matches nothing earlier.
+    """
+    items = []
+    for instance in series.instances:
+        try:
+            info = instance.path.stat()
+            items.append(f"{instance.sop_instance_uid}|{info.st_size}|{info.st_mtime_ns}")
+        except OSError:
+            items.append(f"{instance.sop_instance_uid}|missing|{instance.path}")
+    return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
+
+
+def _change(previous: SeriesEntry, series: Series) -> str:
+    """How a series' instances differ from those an earlier result was made from, in words."""
+    before, now = set(previous.sop_instance_uids), {i.sop_instance_uid for i in series.instances}
+    added, removed = len(now - before), len(before - now)
+    if added or removed:
+        return f"{added} instance{'s' if added != 1 else ''} added, {removed} removed"
+    return "the same SOP Instance UIDs, but a file was rewritten (another size or modification time)"
 
 
 def _where(input_path: Path, output_dir: Path) -> str:
