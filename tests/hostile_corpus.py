@@ -645,6 +645,10 @@ CASES: list[Case] = [
          "three consecutive slices missing: more than the 2 allowed, the series is refused with the reason",
          _build_missing((4, 5, 6), "three missing slices"), 2,
          series=(SeriesExpect("three missing slices", "skipped", ("3 missing slices",)),), stderr="missing"),
+    Case("three-missing-slices-allowed",
+         "the same gap with --set select.max_missing_slices=3: interpolated, the limit is the user's to set",
+         _build_missing((4, 5, 6), "three missing slices"), 0, args=("--set", "select.max_missing_slices=3"),
+         series=(SeriesExpect("three missing slices", "succeeded", ("3 missing slices",)),)),
     Case("declared-65535-native",
          "one uncompressed slice declares 65535x65535: its pixel data does not fit the file, it is unreadable "
          "(checked before any allocation) and the gap is interpolated",
@@ -653,6 +657,23 @@ CASES: list[Case] = [
     Case("declared-65535-jpeg2000",
          "JPEG 2000 files whose headers declare 65535x65535: refused before decoding against the memory budget",
          _build_huge_jpeg2000, 2, series=(SeriesExpect("", "skipped", ("65535x65535", "memory")),), stderr="memory"),
+    Case("nifti-declares-32767-cubed",
+         "a NIfTI header declaring 32767³ voxels is refused before allocating (no MemoryError)",
+         _build_nifti_huge, 2, stderr="32767"),
+    Case("nifti-ct-for-brain-mr-model",
+         "deepbet (T1 brain MR) on an abdominal CT NIfTI: the intensities are CT in Hounsfield units, refused",
+         _copy_file(NIFTI_CT, "abdomen_ct.nii.gz"), 2, model="deepbet", stderr="CT"),
+    Case("nifti-mr-for-ct-model",
+         "ct-body on a brain MR NIfTI: no value below 0, so not CT in Hounsfield units; refused",
+         _copy_file(NIFTI_T1_BRAIN, "t1.nii.gz"), 2, stderr="Hounsfield"),
+    Case("nifti-sidecar-says-mr",
+         "a BIDS sidecar says the NIfTI is MR: a CT model refuses it",
+         _build_nifti_sidecar_mr, 2, stderr="MR"),
+    Case("nifti-unchecked",
+         "an MR NIfTI with negative values and no sidecar given to a CT model: nothing tells its modality, it runs "
+         "and is marked 'unchecked input' in the report and on stderr",
+         _copy_file(NIFTI_MR_ABDOMEN, "abdomen.nii.gz"), 0, series=(SeriesExpect("", "succeeded", ("unchecked",)),),
+         stderr="unchecked input"),
 ]
 
 CASES += [

@@ -122,6 +122,9 @@ def run(
     summary = report.summary()
     if not json_progress:
         print_run_summary(report)
+    for entry in report.series:  # what must be seen even on success: one line each, on stderr
+        for warning in entry.warnings:
+            typer.echo(f"medhub: {entry.key}: {warning}", err=True)
     if push is not None:
         _push(report, output, push)
     if summary[Status.FAILED.value]:
@@ -204,10 +207,16 @@ def print_run_summary(report: Any) -> None:
         table.add_column(column)
     for entry in report.series:
         detail = entry.reason or ", ".join(entry.outputs)
+        if entry.findings and entry.status.value == "succeeded":  # what the loader corrected (missing slices, ...)
+            detail += " [" + "; ".join(entry.findings) + "]"
         if entry.notes:
             detail += " (" + "; ".join(n for n in entry.notes if "\n" not in n) + ")"
         table.add_row(entry.key[-40:], entry.modality, str(entry.images), entry.status.value, detail)
     console.print(table)
+    for item in report.unreadable[:10]:  # each reason starts with the file's path
+        console.print(f"unreadable: {item['reason']}", soft_wrap=True, highlight=False)
+    if len(report.unreadable) > 10:
+        console.print(f"... and {len(report.unreadable) - 10} more unreadable files (see the report)")
     summary = report.summary()
     console.print(
         f"{summary['succeeded']} succeeded, {summary['failed']} failed, {summary['skipped']} skipped, "

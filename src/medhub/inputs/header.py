@@ -94,11 +94,34 @@ def read_header(path: Path) -> FileRead:
             if _media_sop_class(ds) == MEDIA_STORAGE_DIRECTORY:
                 return FileRead(FileKind.DICOMDIR)
             problem = _deflated_truncation(path, ds) if _is_deflated(ds) else _truncation(ds, fp, size)
+            if not problem:
+                problem = _unparsable_element(ds)
     except OSError as exc:
         return _unreadable(path, f"cannot read file ({exc.strerror})")
     if problem:
         return _unreadable(path, f"truncated file: {problem}")
     return FileRead(FileKind.INSTANCE, ds)
+
+
+# The elements the scan reads from every header (grouping, sorting, query metadata). pydicom parses an
+# element, sequences included, only when it is first read: reading them here turns a corrupt one into
+# an unreadable file with its reason, instead of an error wherever it is read later.
+_SCANNED = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality",
+            "SeriesDescription", "SeriesNumber", "InstanceNumber", "ImageType", "Rows", "Columns", "NumberOfFrames",
+            "ImageOrientationPatient", "FrameOfReferenceUID", "BodyPartExamined", "Manufacturer",
+            "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence", "SpecificCharacterSet")
+
+
+def _unparsable_element(ds: Dataset) -> str:
+    """A reason when one of the elements the scan reads cannot be parsed, else ""."""
+    for keyword in _SCANNED:
+        try:
+            element = ds.get(keyword)
+            if element is not None and keyword.endswith("Sequence") and len(element):
+                element[0].get("PlaneOrientationSequence")
+        except Exception as exc:  # noqa: BLE001 - pydicom raises OSError, ValueError, ... on corrupt elements
+            return f"{keyword} cannot be parsed: {_one_line(exc)}"
+    return ""
 
 
 def _unreadable(path: Path, reason: str) -> FileRead:

@@ -308,8 +308,9 @@ def _plan(series: Series, max_missing: int, undecodable: dict[Path, str]) -> _Pl
         _check_into(series, plan, max_missing, undecodable)
     except _Skip as skip:
         check.skip_reason = str(skip)
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as error:
-        # A header value of a shape no check above foresaw: refuse with what it was, never crash the run.
+    except Exception as error:  # noqa: BLE001
+        # A header value of a shape no check above foresaw (pydicom parses elements when first read, and
+        # raises OSError, ValueError, ... for corrupt ones): refuse with what it was, never crash the run.
         check.skip_reason = f"cannot interpret the image headers ({type(error).__name__}: {_first_line(error)})"
     return plan
 

@@ -1,14 +1,24 @@
-"""NIfTI as an input: a Volume without DICOM source planes (results can only be written as NIfTI)."""
+"""NIfTI as an input: a Volume without DICOM source planes (results can only be written as NIfTI).
+
+A NIfTI header declares its size (up to 32767 per axis in NIfTI-1): the declared voxels are checked
+against the file size (uncompressed files) and the memory budget before anything is allocated,
+and non-finite voxels are refused. What the image *is* (its modality) is checked separately, with
+the model's input rules, by :mod:`medhub.inputs.nifti_check`.
+"""
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from medhub import config
 from medhub.data.volume import LPS_TO_RAS, Volume
 from medhub.errors import MedhubError
+from medhub.inputs.pixels import format_bytes
 
 
 def load_nifti(path: Path) -> Volume:
@@ -32,7 +42,15 @@ def load_nifti(path: Path) -> Volume:
         shape = shape[:-1]
     if len(shape) != 3:
         raise MedhubError(f"{path}: {len(shape)}D image of shape {tuple(image.shape)}; a 3D volume is needed")
-    array = np.asarray(image.dataobj).reshape(shape)
+    _check_declared_size(path, image, shape)
+    try:
+        array = np.asarray(image.dataobj).reshape(shape)
+    except Exception as error:  # noqa: BLE001 - a truncated gzip stream or file raises EOFError, zlib or OSError
+        raise MedhubError(f"{path}: the voxel data cannot be read ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else 'cut short?'})") from error
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise MedhubError(f"{path}: {bad} voxels are NaN or infinite; a model cannot use such an image")
     affine_ras = image.affine
     if affine_ras is None or not np.all(np.isfinite(affine_ras)) or abs(np.linalg.det(affine_ras[:3, :3])) < 1e-12:
         raise MedhubError(f"{path}: the header has no usable voxel-to-world affine")
@@ -42,3 +60,24 @@ def load_nifti(path: Path) -> Volume:
         source=None,
         metadata={"path": str(path)},
     )
+
+
+def _check_declared_size(path: Path, image: nib.Nifti1Image, shape: tuple[int, ...]) -> None:
+    """Refuse a header whose voxels cannot be in the file or cannot fit the memory budget."""
+    voxels = math.prod(int(n) for n in shape)
+    stored = image.header.get_data_dtype().itemsize
+    slope, _ = image.header.get_slope_inter()
+    loaded = 8 if slope is not None and slope not in (0, 1) else stored  # nibabel scales to float64
+    size = "x".join(str(int(n)) for n in shape)
+    if voxels == 0:
+        raise MedhubError(f"{path}: the header declares {size} voxels: an empty image")
+    if not path.name.lower().endswith(".gz"):
+        offset = int(image.header.get("vox_offset", 352) or 352)
+        available = os.path.getsize(path) - offset
+        if voxels * stored > available:
+            raise MedhubError(f"{path}: the header declares {size} voxels ({format_bytes(voxels * stored)}), "
+                              f"the file holds {format_bytes(max(available, 0))}: cut short or a broken header")
+    budget = config.settings().memory_budget
+    if voxels * loaded > budget:
+        raise MedhubError(f"{path}: the header declares {size} voxels, {format_bytes(voxels * loaded)} in memory, "
+                          f"more than the memory budget of {format_bytes(budget)} (MEDHUB_MEMORY_BUDGET): not loaded")

@@ -38,6 +38,7 @@ class SeriesEntry:
     reason: str = ""
     findings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what a person must see even on success (also on stderr)
     input_files: int = 0
     sop_instance_uids: list[str] = field(default_factory=list)
     input_signature: str = ""  # the instances' SOP UIDs, sizes and mtimes, hashed: --resume redoes a changed input

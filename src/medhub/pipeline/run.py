@@ -255,7 +255,8 @@ class Pipeline:
         self._run_steps(work, series_steps(self.steps, self.outputs, SourceKind.NIFTI))
         self.options.progress.event("series_done", key=name, status=entry.status.value, reason=entry.reason)
         if entry.status != Status.SUCCEEDED:
-            raise MedhubError(f"{path}: {entry.reason}")
+            reason = entry.reason if entry.reason.startswith(str(path)) else f"{path}: {entry.reason}"
+            raise MedhubError(reason)
 
     # -- the steps of one series -----------------------------------------------------------------
     def _work(self, entry: SeriesEntry, fields: dict[str, object], *, series: Series | None = None,

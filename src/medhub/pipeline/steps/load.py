@@ -1,7 +1,9 @@
 """load: a DICOM series (checked: gaps, tilt, 4D, ...) or a NIfTI file into a Volume.
 
 A DICOM series the loaded volume shows to break a selection rule its headers could not answer
-(the slice thickness of a series without SliceThickness) is skipped with the reason.
+(the slice thickness of a series without SliceThickness) is skipped with the reason. A NIfTI file
+goes through the checks it can (modality from a sidecar or its intensities, dimensions); when
+nothing tells its modality it runs marked "unchecked input" (a warning, shown on stderr).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from medhub.errors import MedhubError, SeriesSkipped
 from medhub.hub.workflow import selection_rules
 from medhub.inputs.load import load_series
 from medhub.inputs.nifti import load_nifti
+from medhub.inputs.nifti_check import check_nifti
 from medhub.inputs.select import volume_rejection_reason
 from medhub.pipeline.steps.base import Phase, SeriesWork, Step, StepName
 
@@ -30,5 +33,10 @@ class Load(Step):
         elif work.nifti is not None:
             work.volume = load_nifti(work.nifti)
             work.entry.images = int(work.volume.array.shape[2])
+            rules = selection_rules(work.card, work.workflow)
+            check = check_nifti(work.volume, work.nifti, rules.query, rules.min_slices, work.card.id)
+            work.entry.notes.append(check.note)
+            if not check.checked:
+                work.entry.warnings.append(check.note)
         else:
             raise MedhubError("load: no input series")
