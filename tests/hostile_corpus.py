@@ -221,6 +221,16 @@ def _build_same_sop_uid(case: Path) -> Path:
     return case / "input"
 
 
+def _build_uid_in_two_series(case: Path) -> Path:
+    """A bad merge of two exports: another series reuses one of this series' SOPInstanceUIDs."""
+    first, second = ct_slices("first of two series"), ct_slices("second of two series", first=90)
+    second[4].SOPInstanceUID = first[4].SOPInstanceUID
+    second[4].file_meta.MediaStorageSOPInstanceUID = first[4].SOPInstanceUID
+    write(first, _input(case) / "a")
+    write(second, _input(case) / "b")
+    return case / "input"
+
+
 def _build_exact_copy(case: Path) -> Path:
     paths = write(ct_slices("exported twice"), _input(case))
     (case / "input" / "copy_of_IM0004.dcm").write_bytes(paths[4].read_bytes())
@@ -577,6 +587,12 @@ CASES: list[Case] = [
          "two different images carry one SOPInstanceUID: a SEG cannot reference them, the series is refused",
          _build_same_sop_uid, 2,
          series=(SeriesExpect("reused SOP instance UID", "skipped", ("SOPInstanceUID",)),), stderr="SOPInstanceUID"),
+    Case("same-sop-uid-in-two-series",
+         "an image of another series carries one of this series' SOPInstanceUIDs: both series are refused",
+         _build_uid_in_two_series, 2,
+         series=(SeriesExpect("first of two series", "skipped", ("SOPInstanceUID", "also used")),
+                 SeriesExpect("second of two series", "skipped", ("SOPInstanceUID", "also used"))),
+         stderr="SOPInstanceUID"),
     Case("exact-copy",
          "a byte-for-byte copy of one file under another name is one image: removed as a duplicate, said so",
          _build_exact_copy, 0, series=(SeriesExpect("exported twice", "succeeded", ("duplicate",)),)),

@@ -97,6 +97,7 @@ class Series:
     instances: list[Instance] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)  # what the scan did to it (a split), for the report
+    shared_uids: dict[str, str] = field(default_factory=dict)  # SOP Instance UID → key of another series using it
 
     @property
     def has_uids(self) -> bool:

@@ -318,6 +318,11 @@ def _plan(series: Series, max_missing: int, undecodable: dict[Path, str]) -> _Pl
 def _check_into(series: Series, plan: _Plan, max_missing: int, undecodable: dict[Path, str]) -> None:
     if not series.instances:
         raise _Skip("no instances")
+    if series.shared_uids:
+        uid, other = next(iter(series.shared_uids.items()))
+        more = f" (and {len(series.shared_uids) - 1} more)" if len(series.shared_uids) > 1 else ""
+        raise _Skip(f"SOPInstanceUID {uid}{more} is also used by an image of series {other}: a result could not "
+                    "say which image it refers to")
     plan.check.findings.extend(series.findings)
     for instance in series.instances:
         _check_image_instance(instance)

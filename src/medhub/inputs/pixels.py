@@ -69,7 +69,13 @@ def read_stored_pixels(instance: Instance, rows: int, columns: int) -> np.ndarra
     header = instance.header
     data = read_native(instance.path, header, instance.transfer_syntax_uid)
     if data is None:
-        data = _read_with_pydicom(instance, rows, columns)
+        try:
+            data = _read_with_pydicom(instance, rows, columns)
+        except PixelReadError:
+            raise
+        except Exception as error:  # noqa: BLE001 - whatever breaks on one file's pixels leaves that file out
+            raise PixelReadError(instance.path, f"cannot decode {instance.path}: {type(error).__name__}: "
+                                                f"{first_line(error)}") from error
     if data.ndim == 2:
         data = data[None]
     if data.shape[1:] != (rows, columns):

@@ -194,7 +194,23 @@ def group_series(groups: dict[str, list[Instance]]) -> list[Series]:
                 f"of {len(parts)}, {len(members)} of {len(instances)} files"
             )
             out.append(series)
+    _mark_shared_uids(out)
     return out
+
+
+def _mark_shared_uids(series_list: list[Series]) -> None:
+    """Note SOP Instance UIDs that images of two series share (a broken anonymiser or a bad merge of
+    exports): a result referencing one of them would be ambiguous, so the loader refuses such series."""
+    owner: dict[str, Series] = {}
+    for series in series_list:
+        for instance in series.instances:
+            uid = instance.sop_instance_uid
+            if not uid:
+                continue
+            first = owner.setdefault(uid, series)
+            if first is not series:
+                series.shared_uids.setdefault(uid, first.key)
+                first.shared_uids.setdefault(uid, series.key)
 
 
 def _split_by_patient(instances: list[Instance]) -> list[list[Instance]]:

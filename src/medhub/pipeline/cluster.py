@@ -38,6 +38,7 @@ def task_payload(pipeline: Pipeline, series: Series) -> dict[str, Any]:
         "run_token": pipeline.token,  # the worker's temporary files carry the token the client recorded
         "key": series.key,
         "findings": list(series.findings),
+        "shared_uids": dict(series.shared_uids),
         "paths": [str(Path(i.path).resolve()) for i in series.instances],
     }
 
@@ -53,8 +54,9 @@ def process_series_task(payload: dict[str, Any]) -> dict[str, Any]:
     pipeline = Pipeline(model, options)
     result = scan_files([Path(p) for p in payload["paths"]], key=payload["key"])
     series = next((s for s in result.series if s.key == payload["key"]), None)
-    if series is not None:
-        series.findings = list(payload.get("findings", []))  # e.g. the scan split it from another patient's
+    if series is not None:  # what only the whole scan knew: a split from another patient's images, shared UIDs
+        series.findings = list(payload.get("findings", []))
+        series.shared_uids = dict(payload.get("shared_uids", {}))
     if series is None:
         problems = "; ".join(u.reason for u in result.unreadable[:2]) or "they now group differently"
         return _failed(payload, f"the series' files changed since the scan: {problems}").to_dict()
