@@ -560,3 +560,31 @@ def test_implicit_vr_philips_duplicates_compared_without_converting_private_elem
             volume = load_series(series)
             assert volume.array.shape[2] == 6
             assert any("duplicate positions removed" in finding for finding in volume.findings)
+
+
+def test_a_codestream_larger_than_its_header_is_not_decoded(tmp_path: Path) -> None:
+    """The decoder allocates what the JPEG 2000 codestream declares: it must agree with Rows/Columns first."""
+    from medhub.inputs.pixels import PixelReadError, codestream_size, read_stored_pixels
+
+    source = sorted(shared_path("ct/totalsegmentator_example_ct_dicom").iterdir())[0]
+    dataset = pydicom.dcmread(source)
+    fragment = next(pydicom.encaps.generate_fragmented_frames(dataset.PixelData, number_of_frames=1))[0]
+    assert codestream_size(fragment, str(dataset.file_meta.TransferSyntaxUID)) == (512, 512)
+    dataset.Rows = dataset.Columns = 256  # the header now claims less than the codestream holds
+    path = tmp_path / "small_header.dcm"
+    dataset.save_as(path)
+    (series,) = [make_series([path])]
+    with pytest.raises(PixelReadError, match=r"codestream declares 512x512 pixels where the header says 256x256"):
+        read_stored_pixels(series.instances[0], 256, 256)
+
+
+@pytest.mark.parametrize("folder", [f"{D2N}/generic/{c}/001" for c in ("compressed_j2k", "compressed_jpeg",
+                                                                          "compressed_jpegls")])
+def test_codestream_sizes_are_read_from_real_files(folder: str) -> None:
+    from medhub.inputs.pixels import codestream_size
+
+    for path in sorted(shared_path(folder).iterdir())[:2]:
+        dataset = pydicom.dcmread(path)
+        fragment = next(pydicom.encaps.generate_fragmented_frames(dataset.PixelData, number_of_frames=1))[0]
+        size = codestream_size(fragment, str(dataset.file_meta.TransferSyntaxUID))
+        assert size == (dataset.Rows, dataset.Columns), path
