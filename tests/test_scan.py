@@ -224,12 +224,23 @@ def test_files_named_dicom_that_are_not_are_unreadable_with_the_reason(tmp_path)
     assert "cut short" in reasons["short.dcm"]
 
 
-def test_a_file_cut_at_any_byte_of_its_header_is_unreadable_never_a_series(tmp_path):
+def test_a_file_cut_anywhere_in_its_header_is_unreadable_never_a_series(tmp_path):
     """Cuts at element boundaries leave a header pydicom parses without complaint (it used to become a
-    1-image series); every cut of a real CT header must be named as unreadable."""
+    1-image series); a real CT header cut at every element start and between two must be named unreadable."""
+    from hostile_corpus import _element_boundary
+
     data = sorted(shared_path(PHILIPS).iterdir())[0].read_bytes()
+    starts = [132]
+    while True:  # every element start of the (explicit VR) header, up to the pixel data
+        try:
+            starts.append(_element_boundary(data, starts[-1] + 1))
+        except ValueError:
+            break
+        if data[starts[-1]:starts[-1] + 4] == b"\xe0\x7f\x10\x00":
+            break
+    assert len(starts) > 100
     target = tmp_path / "cut.dcm"
-    for cut in range(132, 8200, 5):
+    for cut in sorted({*starts, *(a + (b - a) // 2 for a, b in zip(starts, starts[1:], strict=False))}):
         target.write_bytes(data[:cut])
         result = scan(target)
         assert not result.series and len(result.unreadable) == 1, f"cut at byte {cut}"
