@@ -539,6 +539,47 @@ def _check_lookalikes_kept(out: Path, report: dict[str, Any]) -> None:
     assert not list(out.rglob(f"*{STALE_TOKEN}*")), "the killed run's temporary file (recorded token) was not removed"
 
 
+# ------------------------------------------------------------------------------------- exit codes
+
+
+def _undecodable(datasets: list[Dataset], indices: tuple[int, ...]) -> list[Dataset]:
+    """Garbage JPEG 2000 codestreams on ``indices``: well-formed files the scan accepts, whose decoding fails."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    for index in indices:
+        datasets[index].PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 60])
+        datasets[index]["PixelData"].VR = "OB"
+        datasets[index].file_meta.TransferSyntaxUID = JPEG2000Lossless
+    return datasets
+
+
+def _build_one_skipped_one_succeeded(case: Path) -> Path:
+    write(ct_slices("the good one", first=20), _input(case) / "good", "G")
+    write([ds for i, ds in enumerate(ct_slices("three slices lost")) if i not in (4, 5, 6)], case / "input" / "gappy")
+    return case / "input"
+
+
+def _build_one_failed_one_succeeded(case: Path) -> Path:
+    write(ct_slices("the good one", first=20), _input(case) / "good", "G")
+    write(_undecodable(ct_slices("three slices undecodable"), (5, 6, 7)), case / "input" / "broken")
+    return case / "input"
+
+
+def _build_every_chosen_failed(case: Path) -> Path:
+    write(_undecodable(ct_slices("three slices undecodable"), (5, 6, 7)), _input(case))
+    return case / "input"
+
+
+def _build_unsuitable_beside_good(case: Path) -> Path:
+    write(ct_slices("the good one", first=20), _input(case) / "good", "G")
+    mr = ct_slices("an MR series")
+    for ds in mr:
+        ds.Modality = "MR"
+    write(mr, case / "input" / "mr")
+    return case / "input"
+
+
 def _build_resume_slice_added(case: Path) -> Path:
     """A finished run on 11 slices; then the 12th arrives (a late transfer) and the user resumes."""
     import subprocess
@@ -716,6 +757,28 @@ CASES += [
          "only the leftover whose run token the folder's journal records is removed",
          _build_lookalike_temporaries, 0, series=(SeriesExpect("look-alike temporaries", "succeeded"),),
          output=_lookalike_output, check=_check_lookalikes_kept),
+    Case("exit-1-one-skipped-one-succeeded",
+         "a chosen series skipped (3 missing slices) beside one that succeeded: exit 1, one line saying how many "
+         "did not succeed and the first reason; the good one is written",
+         _build_one_skipped_one_succeeded, 1,
+         series=(SeriesExpect("the good one", "succeeded"), SeriesExpect("three slices lost", "skipped", ("missing",))),
+         stderr="1 of 2 chosen series did not succeed (1 skipped)"),
+    Case("exit-1-one-failed-one-succeeded",
+         "a chosen series failed (3 slices cannot be decoded) beside one that succeeded: exit 1, one line",
+         _build_one_failed_one_succeeded, 1,
+         series=(SeriesExpect("the good one", "succeeded"),
+                 SeriesExpect("three slices undecodable", "failed", ("cannot decode",))),
+         stderr="1 of 2 chosen series did not succeed (1 failed)"),
+    Case("exit-2-every-chosen-series-failed",
+         "the only chosen series failed: nothing could be done, exit 2, one line with its reason; the report says it",
+         _build_every_chosen_failed, 2,
+         series=(SeriesExpect("three slices undecodable", "failed", ("cannot decode",)),),
+         stderr="the chosen series did not succeed"),
+    Case("exit-0-an-unsuitable-series-beside-a-good-one",
+         "an MR series beside a CT for ct-body is not chosen (rejected with its reason) and does not change the exit "
+         "code: exit 0",
+         _build_unsuitable_beside_good, 0,
+         series=(SeriesExpect("the good one", "succeeded"), SeriesExpect("an MR series", "rejected", ("MR",)))),
     Case("resume-after-a-slice-was-added",
          "--resume after a slice was added to a finished series: the journal's instance list no longer matches, "
          "so the series is done again on all 12 slices and the report says why",

@@ -1,8 +1,8 @@
 """The typer app every command registers on, and what all commands share: errors, options, exit codes.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback (``--debug`` shows
-it). Exit codes of ``run``: 0 every chosen series succeeded, 1 some failed (the others are
-written), 2 nothing could be done.
+it). Exit codes of ``run`` (README, "Exit codes"): 0 every chosen series succeeded, 1 one succeeded and
+another was skipped or failed, 2 nothing could be done (also: no chosen series succeeded).
 """
 
 from __future__ import annotations

@@ -59,7 +59,6 @@ def run(
     from medhub.hub.devices import check_device
     from medhub.pipeline.layout import DEFAULT_TEMPLATE
     from medhub.pipeline.progress import JsonLinesProgress, RichProgress
-    from medhub.pipeline.report import Status
     from medhub.pipeline.run import RunOptions
     from medhub.pipeline.run import run as run_pipeline
     from medhub.pipeline.steps import StepName
@@ -119,7 +118,6 @@ def run(
             claimed.release()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    summary = report.summary()
     if not json_progress:
         print_run_summary(report)
     for entry in report.series:  # what must be seen even on success: one line each, on stderr
@@ -127,8 +125,25 @@ def run(
             typer.echo(f"medhub: {entry.key}: {warning}", err=True)
     if push is not None:
         _push(report, output, push)
-    if summary[Status.FAILED.value]:
-        raise typer.Exit(EXIT_SOME_FAILED)
+    _exit_if_not_all_succeeded(report, output)
+
+
+def _exit_if_not_all_succeeded(report: Any, output: Path) -> None:
+    """Exit code 1, with one line, when a chosen series was skipped or failed while another succeeded.
+
+    (When none succeeded the pipeline has already ended the run with exit code 2.)
+    """
+    from medhub.pipeline.report import REPORT_NAME, Status
+
+    missed = [e for e in report.series if e.status in (Status.SKIPPED, Status.FAILED)]
+    if not missed:
+        return
+    chosen = len(missed) + report.count(Status.SUCCEEDED)
+    counts = ", ".join(f"{sum(1 for e in missed if e.status == status)} {status.value}"
+                       for status in (Status.FAILED, Status.SKIPPED) if any(e.status == status for e in missed))
+    typer.echo(f"medhub: {len(missed)} of {chosen} chosen series did not succeed ({counts}): {missed[0].reason}; "
+               f"every reason is in {output / REPORT_NAME}", err=True)
+    raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def _check_output(input: str | None, output: Path) -> None:

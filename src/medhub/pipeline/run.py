@@ -177,9 +177,11 @@ class Pipeline:
         todo = self._resume(selection.chosen)
         for entry in self.options.executor.map(self, todo):
             self._finish(entry)
-        if self.report.count(Status.SUCCEEDED) == 0 and self.report.count(Status.FAILED) == 0:
-            skipped = [e.reason for e in self.report.series if e.status == Status.SKIPPED]
-            raise MedhubError(f"no suitable series could be processed: {'; '.join(skipped[:3])}")
+        if self.report.count(Status.SUCCEEDED) == 0:  # every chosen series was skipped or failed: exit code 2
+            chosen = [e for e in self.report.series if e.status in (Status.SKIPPED, Status.FAILED)]
+            reasons = list(dict.fromkeys(e.reason for e in chosen))
+            raise MedhubError(f"none of the {len(chosen)} chosen series succeeded: {'; '.join(reasons[:3])}"
+                              if len(chosen) > 1 else f"the chosen series did not succeed: {reasons[0]}")
 
     def fingerprint(self) -> str:
         """What makes two runs' outputs interchangeable: medhub, the model (version, weights), workflow, layout."""
