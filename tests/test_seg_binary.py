@@ -353,3 +353,20 @@ def test_algorithm_identification_without_highdicom_equals_highdicoms() -> None:
         codes.cid7162.ArtificialIntelligence.meaning)  # fmt: skip
     ours, theirs = ALGORITHM.identification_item(), ALGORITHM.identification()[0]
     assert json.dumps(ours.to_json_dict(), sort_keys=True) == json.dumps(theirs.to_json_dict(), sort_keys=True)
+
+
+def test_a_failure_while_writing_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pixels are packed into the file as it is written: a failure half-way removes the file."""
+    from medhub.writers import seg_binary
+
+    volume = load("seg/dcmqi_segmentations/ct-3slice")
+    planes = labels_to_source(volume, blobs(volume, [1, 2], seed=10))
+
+    def broken_chunks(self, frames_per_chunk: int = 64):
+        yield b"\0" * 64
+        raise OSError("disk full")
+
+    monkeypatch.setattr(seg_binary.PackedFrames, "chunks", broken_chunks)
+    with pytest.raises(OSError, match="disk full"):
+        write_seg(planes, volume.source, {1: "LIVER", 2: "SPLEEN"}, ALGORITHM, tmp_path / "s.dcm")
+    assert not (tmp_path / "s.dcm").exists()

@@ -49,7 +49,7 @@ from medhub.data.volume import SourceGrid
 from medhub.errors import MedhubError
 from medhub.segdb import Code, SegmentSpec, get_segment
 from medhub.writers.provenance import AlgorithmInfo, device_info
-from medhub.writers.seg_binary import LabelPlanes, encode_binary_seg, label_planes, write_dataset
+from medhub.writers.seg_binary import LabelPlanes, encode_binary_seg, label_planes, write_seg_file
 from medhub.writers.source_attributes import output_character_set, source_view
 
 if TYPE_CHECKING:  # highdicom costs ~0.3 s to import and is needed for LABELMAP only
@@ -108,14 +108,14 @@ def write_seg(
     content_label = _content_label(algorithm.name)
     content_description = f"{algorithm.name} {algorithm.version}"[:64]
     if not labelmap:
-        dataset = encode_binary_seg(
+        dataset, pixels = encode_binary_seg(
             labels, source, found, specs, algorithm, device_info(),
             series_number=series_number, series_description=description, content_label=content_label,
             content_description=content_description, where=where,
         )  # fmt: skip
         if body_part_examined:
             dataset.BodyPartExamined = body_part_examined
-        write_dataset(dataset, path)
+        write_seg_file(dataset, pixels, path)
         return path
     _write_labelmap(labels, source, label_values, specs, algorithm, path, where, series_number=series_number,
                     description=description, content_label=content_label, content_description=content_description,
