@@ -43,7 +43,14 @@ from medhub.data.series import Instance, Series
 from medhub.data.volume import SourceGrid, SourcePlane, Volume
 from medhub.errors import MedhubError, SeriesSkipped
 from medhub.inputs.padding import Padding, background_value, padding_of
-from medhub.inputs.pixels import PixelReadError, format_bytes, memory_budget, read_stored_pixels
+from medhub.inputs.pixels import (
+    PixelReadError,
+    format_bytes,
+    memory_budget,
+    native_dtype,
+    read_native,
+    read_stored_pixels,
+)
 
 SUPPORTED_PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2"}
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines that differ by less are the same orientation
@@ -128,10 +135,12 @@ def load_series(series: Series, *, max_missing_slices: int = DEFAULT_MAX_MISSING
                 raise MedhubError(plan.check.skip_reason)
             raise SeriesSkipped(plan.check.skip_reason)
         _check_memory(plan)
+        # First pass: the planes go straight into one array that becomes the volume (see _stack).
+        stack = _stack_buffer(plan) if not pixels else None
         failures = _decode(plan.frames + [twin for pair in plan.twins for twin in pair], plan.rows, plan.columns,
-                           pixels)
+                           pixels, into=stack, slots=plan.frames)
         if not failures:
-            return _assemble(series, plan, pixels)
+            return _assemble(series, plan, pixels, stack)
         undecodable.update(failures)  # leave them out; the gap rules decide on the rest
 
 
@@ -152,7 +161,8 @@ def missing_uids(series: Series) -> list[str]:
 # ---------------------------------------------------------------- assembling the volume
 
 
-def _assemble(series: Series, plan: _Plan, pixels: dict[tuple[str, int | None], np.ndarray]) -> Volume:
+def _assemble(series: Series, plan: _Plan, pixels: dict[tuple[str, int | None], np.ndarray],
+              stack: np.ndarray | None = None) -> Volume:
     for first, second in plan.twins:
         if not np.array_equal(pixels[_key(first)], pixels[_key(second)]):
             same_uid = first.instance.sop_instance_uid and \
@@ -183,7 +193,7 @@ def _assemble(series: Series, plan: _Plan, pixels: dict[tuple[str, int | None], 
         array = geometry.resample_planes([p.T for p in scaled], positions @ normal, grid, fill)
         affine = grid.affine
     else:
-        stacked = _stack(planes, plan.frames)
+        stacked = _stack(planes, plan.frames, reuse=stack)
         if masks is not None:
             stacked = _mask_stack(stacked, masks, modality)
         array = stacked.transpose(2, 1, 0)
@@ -643,18 +653,48 @@ def _key(frame: _Frame) -> tuple[str, int | None]:
     return (str(frame.instance.path), frame.frame)
 
 
-def _decode(frames: list[_Frame], rows: int, columns: int,
-            pixels: dict[tuple[str, int | None], np.ndarray]) -> dict[Path, str]:
+def _stack_buffer(plan: _Plan) -> np.ndarray | None:
+    """An array for the plan's planes, in plane order, when every plane is a whole single-frame file
+    that :func:`~medhub.inputs.pixels.read_native` reads, all with one dtype; else None."""
+    dtypes = set()
+    for frame in plan.frames:
+        if frame.frame is not None:
+            return None
+        dtype = native_dtype(frame.instance.header, frame.instance.transfer_syntax_uid)
+        if dtype is None:
+            return None
+        dtypes.add(dtype)
+    if len(dtypes) != 1 or not plan.frames:
+        return None
+    return np.empty((len(plan.frames), plan.rows, plan.columns), dtype=dtypes.pop())
+
+
+def _decode(frames: list[_Frame], rows: int, columns: int, pixels: dict[tuple[str, int | None], np.ndarray], *,
+            into: np.ndarray | None = None, slots: list[_Frame] | None = None) -> dict[Path, str]:
     """Decode each needed file once into ``pixels`` (stored values per (path, frame)); return the
-    files that could not be decoded, with the reason."""
-    by_path: dict[Path, list[_Frame]] = {}
-    for frame in frames:
+    files that could not be decoded, with the reason.
+
+    ``into``: an array (see :func:`_stack_buffer`) whose plane ``i`` receives the pixels of
+    ``slots[i]``; those files are read straight into it, so the series is in memory once.
+    """
+    slot = {_key(f): i for i, f in enumerate(slots or [])} if into is not None else {}
+    by_path: dict[Path, dict[tuple[str, int | None], _Frame]] = {}
+    for frame in frames:  # a kept plane may also be one of a pair of duplicates: once per key
         if _key(frame) not in pixels:
-            by_path.setdefault(frame.instance.path, []).append(frame)
+            by_path.setdefault(frame.instance.path, {}).setdefault(_key(frame), frame)
     failures: dict[Path, str] = {}
-    for path, wanted in by_path.items():
+    for path, wanted_by_key in by_path.items():
+        wanted = list(wanted_by_key.values())
+        instance = wanted[0].instance
+        target = slot.get(_key(wanted[0])) if len(wanted) == 1 else None
+        # Read straight into the volume's array; a file laid out otherwise (e.g. an element after the
+        # pixel data) is decoded the usual way below, and _stack copies it into its place.
+        if (target is not None and into is not None
+                and read_native(path, instance.header, instance.transfer_syntax_uid, out=into[target]) is not None):
+            pixels[_key(wanted[0])] = into[target]
+            continue
         try:
-            data = read_stored_pixels(wanted[0].instance, rows, columns)
+            data = read_stored_pixels(instance, rows, columns)
         except PixelReadError as error:
             failures[path] = str(error)
             continue
@@ -667,11 +707,17 @@ def _decode(frames: list[_Frame], rows: int, columns: int,
     return failures
 
 
-def _stack(planes: list[np.ndarray], frames: list[_Frame]) -> np.ndarray:
+def _stack(planes: list[np.ndarray], frames: list[_Frame], reuse: np.ndarray | None = None) -> np.ndarray:
     """Stack ``[row, col]`` planes into ``[z, row, col]`` in modality units, in the tightest exact dtype.
 
     Stored values stay as they are without rescale; integral slope/intercept give int16 (or
     int32 when the range needs it, as for CT in HU); anything else float32.
+
+    ``reuse``: the array the planes were decoded into (``planes[k]`` is ``reuse[k]``). When the
+    result has the same width (int16 from int16 or uint16 stored values), the rescale happens
+    in place and ``reuse`` becomes the result: a 300-slice CT is then held once, not twice. The
+    in-place integer arithmetic wraps around like the stored type; since the result is known to
+    fit that width, the wrapped result is the exact one.
     """
     slopes = np.array([f.slope for f in frames])
     intercepts = np.array([f.intercept for f in frames])
@@ -690,6 +736,18 @@ def _stack(planes: list[np.ndarray], frames: list[_Frame]) -> np.ndarray:
             dtype = np.dtype(np.float32)
     else:
         dtype = np.dtype(np.float32)
+    if (reuse is not None and len(reuse) == len(planes) and dtype.kind in "iu" and reuse.dtype.kind in "iu"
+            and reuse.dtype.itemsize == dtype.itemsize):  # fmt: skip
+        out = reuse.view(dtype)
+        for k, plane in enumerate(planes):
+            if plane.__array_interface__["data"][0] != reuse[k].__array_interface__["data"][0]:
+                reuse[k] = plane  # decoded elsewhere (a retry, a shared file): copied into its place
+        for k, (slope, intercept) in enumerate(zip(slopes, intercepts, strict=True)):
+            if slope != 1:
+                np.multiply(out[k], _wrapped(slope, dtype), out=out[k])
+            if intercept != 0:
+                np.add(out[k], _wrapped(intercept, dtype), out=out[k])
+        return out
     out = np.empty((len(planes), *planes[0].shape), dtype=dtype)
     work = np.float64 if dtype.kind == "f" else np.int64
     for k, (plane, slope, intercept) in enumerate(zip(planes, slopes, intercepts, strict=True)):
@@ -698,6 +756,15 @@ def _stack(planes: list[np.ndarray], frames: list[_Frame]) -> np.ndarray:
         else:
             out[k] = plane.astype(work) * work(slope) + work(intercept)
     return out
+
+
+def _wrapped(value: float, dtype: np.dtype) -> np.generic:
+    """An integral value as a scalar of ``dtype``, reduced modulo 2**bits (for wrap-around arithmetic)."""
+    bits = dtype.itemsize * 8
+    reduced = int(value) % (1 << bits)
+    if dtype.kind == "i" and reduced >= 1 << (bits - 1):
+        reduced -= 1 << bits
+    return dtype.type(reduced)
 
 
 def _first_line(error: Exception) -> str:

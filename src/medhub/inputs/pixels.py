@@ -139,7 +139,8 @@ def codestream_size(fragment: bytes, syntax: str) -> tuple[int, int] | None:
     return None
 
 
-def read_native(path: Path, header: Dataset, syntax: str | None = None) -> np.ndarray | None:
+def read_native(path: Path, header: Dataset, syntax: str | None = None, *,
+                out: np.ndarray | None = None) -> np.ndarray | None:  # fmt: skip
     """Uncompressed little-endian grey-scale pixels read straight from the end of the file, or None.
 
     ``header`` is the scan's parse of the same file (up to the pixel data). Reading the pixels
@@ -154,7 +155,51 @@ def read_native(path: Path, header: Dataset, syntax: str | None = None) -> np.nd
     data, a file changed since the scan) returns None, for pydicom to read the whole file.
     ``syntax`` is the transfer syntax the scan found (the file meta's when None; a file without
     file meta has none there).
+
+    ``out``: a C-contiguous array to read the pixels into (the loader's volume, so that a series
+    is never held twice in memory); it must have the shape and dtype of the result, else None is
+    returned. After None, ``out`` may hold part of the file: the caller fills it another way.
     """
+    layout = _native_layout(header, syntax)
+    if layout is None:
+        return None
+    dtype, shape, length, element = layout
+    head = len(element[0])
+    if out is not None and (out.shape != shape or out.dtype != dtype.newbyteorder("=")
+                            or not out.flags.c_contiguous):  # fmt: skip
+        return None
+    try:
+        with open(path, "rb") as fp:
+            size = os.fstat(fp.fileno()).st_size
+            padded = length + (length & 1)
+            if size < padded + head:
+                return None
+            fp.seek(size - padded - head)
+            if out is None:
+                buffer = bytearray(padded + head)
+                if fp.readinto(buffer) != len(buffer) or bytes(buffer[:head]) not in element:
+                    return None
+                data = np.frombuffer(buffer, dtype=dtype, count=length // dtype.itemsize, offset=head)
+            else:
+                if fp.read(head) not in element or fp.readinto(memoryview(out).cast("B")) != length:
+                    return None
+                data = out.reshape(-1)
+    except OSError:
+        return None
+    data = data.astype(dtype.newbyteorder("="), copy=False)
+    bits, stored = dtype.itemsize * 8, int(header.BitsStored)
+    if stored < bits:  # pydicom's correction of the unused high bits: sign-extend (signed) or clear them
+        np.left_shift(data, bits - stored, out=data)
+        np.right_shift(data, bits - stored, out=data)
+    return out if out is not None else data.reshape(shape)
+
+
+_Layout = tuple[np.dtype, tuple[int, ...], int, tuple[bytes, ...]]
+
+
+def _native_layout(header: Dataset, syntax: str | None) -> _Layout | None:
+    """dtype, array shape, value length and the possible Pixel Data element headers of a file
+    :func:`read_native` can read; None for anything else."""
     if syntax is None:
         meta = getattr(header, "file_meta", None)
         syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
@@ -182,27 +227,14 @@ def read_native(path: Path, header: Dataset, syntax: str | None = None) -> np.nd
         element = tuple(e + b"\0\0" + padded.to_bytes(4, "little") for e in element)
     else:
         element = (_PIXEL_DATA_TAG + padded.to_bytes(4, "little"),)
-    head = len(element[0])
-    try:
-        with open(path, "rb") as fp:
-            size = os.fstat(fp.fileno()).st_size
-            if size < padded + head:
-                return None
-            fp.seek(size - padded - head)
-            buffer = bytearray(padded + head)
-            if fp.readinto(buffer) != len(buffer):
-                return None
-    except OSError:
-        return None
-    if bytes(buffer[:head]) not in element:
-        return None
     dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder("<")
-    data = np.frombuffer(buffer, dtype=dtype, count=rows * columns * frames, offset=head)
-    data = data.astype(dtype.newbyteorder("="), copy=False)
-    if stored < bits:  # pydicom's correction of the unused high bits: sign-extend (signed) or clear them
-        np.left_shift(data, bits - stored, out=data)
-        np.right_shift(data, bits - stored, out=data)
-    return data.reshape(rows, columns) if frames == 1 else data.reshape(frames, rows, columns)
+    return dtype, ((rows, columns) if frames == 1 else (frames, rows, columns)), length, element
+
+
+def native_dtype(header: Dataset, syntax: str | None = None) -> np.dtype | None:
+    """The dtype :func:`read_native` gives for a file, or None when it cannot read it."""
+    layout = _native_layout(header, syntax)
+    return None if layout is None else layout[0].newbyteorder("=")
 
 
 def decode_failure(path: Path, dataset: Dataset, error: Exception) -> str:

@@ -1,9 +1,10 @@
 """Scale-out on Dask distributed: one task per series, the model loaded once per worker.
 
-The client (``medhub run``) scans and selects; each task gets only the series' file paths and
-the run's settings, re-reads those headers in the worker and runs
-:meth:`medhub.pipeline.run.Pipeline.process_series` there. A worker keeps its loaded model in the
-process-wide runner cache, so a worker that processes many series loads the model once.
+The client (``medhub run``) scans and selects; each task gets the run's settings and one compact
+record per instance of its series (:func:`instance_record`: what the scan found, and the header the
+client holds, encoded and compressed), rebuilds the series from them without reading or grouping
+the files again, and runs :meth:`medhub.pipeline.run.Pipeline.process_series` there. A worker keeps
+its loaded model in the process-wide runner cache, so a worker that processes many series loads the model once.
 Workers write the outputs themselves (the output folder must be shared storage on a cluster);
 the client writes the journal and the report as results arrive.
 """
@@ -11,15 +12,19 @@ the client writes the journal and the report as results arrive.
 from __future__ import annotations
 
 import contextlib
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from medhub.data.series import Series
+from pydicom import dcmread, dcmwrite
+from pydicom.filebase import DicomBytesIO
+
+from medhub.data.series import Instance, Series
 from medhub.errors import MedhubError
 from medhub.hub.catalog import get_model
 from medhub.hub.workflow import Workflow
-from medhub.inputs.scan import scan_files
+from medhub.inputs.scan import make_series
 from medhub.pipeline.report import SeriesEntry, Status
 from medhub.pipeline.run import Pipeline, RunOptions
 
@@ -40,7 +45,49 @@ def task_payload(pipeline: Pipeline, series: Series) -> dict[str, Any]:
         "findings": list(series.findings),
         "shared_uids": dict(series.shared_uids),
         "paths": [str(Path(i.path).resolve()) for i in series.instances],
+        "instances": [instance_record(i) for i in series.instances],
     }
+
+
+def instance_record(instance: Instance) -> dict[str, Any]:
+    """One instance as the scan found it, for a worker: its fields and, when the client still holds
+    it, its header, written by pydicom and zlib-compressed (1-3 KB for a CT slice).
+
+    A scan of more than a few thousand files releases the headers to bound the client's memory
+    (:data:`medhub.inputs.scan.RELEASE_HEADERS_ABOVE`); then the record has no header and the
+    worker reads that file's header when the loader first asks (``Instance.header``), as the client
+    would have. A header pydicom cannot write back (a private element whose value does not fit
+    its VR) is left to the worker the same way.
+    """
+    header = None
+    if instance.header_loaded:
+        buffer = DicomBytesIO()
+        try:
+            dcmwrite(buffer, instance.header, enforce_file_format=False)
+        except Exception:  # noqa: BLE001 - any writing problem: the worker reads the file instead
+            buffer = None
+        if buffer is not None:
+            header = zlib.compress(buffer.getvalue(), 1)
+    return {
+        "path": str(Path(instance.path).resolve()), "header": header,
+        "sop_instance_uid": instance.sop_instance_uid, "sop_class_uid": instance.sop_class_uid,
+        "transfer_syntax_uid": instance.transfer_syntax_uid, "number_of_frames": instance.number_of_frames,
+        "instance_number": instance.instance_number, "study_instance_uid": instance.study_instance_uid,
+        "patient_id": instance.patient_id,
+    }  # fmt: skip
+
+
+def instance_from_record(record: dict[str, Any]) -> Instance:
+    """The Instance a record describes; its header decoded from the record, or read from the file later."""
+    header = None
+    if record["header"] is not None:
+        header = dcmread(DicomBytesIO(zlib.decompress(record["header"])), force=True)
+    return Instance(
+        path=Path(record["path"]), header=header, sop_instance_uid=record["sop_instance_uid"],
+        sop_class_uid=record["sop_class_uid"], transfer_syntax_uid=record["transfer_syntax_uid"],
+        number_of_frames=record["number_of_frames"], instance_number=record["instance_number"],
+        study_instance_uid=record["study_instance_uid"], patient_id=record["patient_id"],
+    )  # fmt: skip
 
 
 def process_series_task(payload: dict[str, Any]) -> dict[str, Any]:
@@ -52,14 +99,14 @@ def process_series_task(payload: dict[str, Any]) -> dict[str, Any]:
         template=payload["template"], debug=payload["debug"], run_token=payload["run_token"],
     )
     pipeline = Pipeline(model, options)
-    result = scan_files([Path(p) for p in payload["paths"]], key=payload["key"])
-    series = next((s for s in result.series if s.key == payload["key"]), None)
-    if series is not None:  # what only the whole scan knew: a split from another patient's images, shared UIDs
-        series.findings = list(payload.get("findings", []))
-        series.shared_uids = dict(payload.get("shared_uids", {}))
-    if series is None:
-        problems = "; ".join(u.reason for u in result.unreadable[:2]) or "they now group differently"
-        return _failed(payload, f"the series' files changed since the scan: {problems}").to_dict()
+    try:
+        instances = [instance_from_record(record) for record in payload["instances"]]
+    except (OSError, ValueError, zlib.error) as exc:  # a record damaged on its way: this series fails alone
+        return _failed(payload, f"the task's instance records cannot be read: {exc}").to_dict()
+    series = make_series(payload["key"], instances)
+    # what only the whole scan knew: a split from another patient's images, SOP Instance UIDs shared
+    series.findings = list(payload.get("findings", []))
+    series.shared_uids = dict(payload.get("shared_uids", {}))
     return pipeline.process_series(series).to_dict()
 
 
