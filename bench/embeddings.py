@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medhub.hub.catalog import get_model
     from medhub.hub.embeddings import EmbeddingCache, embed_with
+    from medhub.hub.runtime import ModelRunner
 
     inputs = args.input or [p for p in DEFAULT_INPUTS if p.exists()]
     if not inputs:
@@ -79,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     params = {"threads": args.threads} if args.threads else {}
     started = time.perf_counter()
-    runner = get_model(args.model).new_runner()
-    runner.load("cpu", params)
+    loaded = ModelRunner(get_model(args.model))
+    loaded.load("cpu", params)
+    runner = loaded.runner
     load_weights = time.perf_counter() - started
 
     rows = []

@@ -31,6 +31,7 @@ from conftest import make_sample_mirror, shared_path
 from medhub.authoring.check import check_model
 from medhub.errors import MedhubError
 from medhub.hub.catalog import get_model
+from medhub.hub.runtime import ModelRunner
 from medhub.inputs.load import load_series
 from medhub.inputs.sample import nifti_as_dicom
 from medhub.inputs.scan import scan
@@ -71,9 +72,9 @@ def runners(weights_env) -> dict[str, bc.BrainchopRunner]:
     pytest.importorskip("safetensors")
     loaded = {}
     for model_id in MODELS:
-        runner = get_model(model_id).new_runner()
+        runner = ModelRunner(get_model(model_id))
         runner.load("cpu", {})
-        loaded[model_id] = runner
+        loaded[model_id] = runner.runner
     return loaded
 
 
@@ -275,7 +276,7 @@ def test_meshnet_equals_brainchops_tinygrad_meshnet_on_a_crop(model_id, runners,
     started = time.perf_counter()
     ours = runners[model_id].run_network(crop)
     ours_seconds = time.perf_counter() - started
-    labels = sorted(runners[model_id].card.outputs.segments)
+    labels = sorted(runners[model_id].context.card.outputs.segments)
     scores = dice_per_label(ours, theirs, labels)
     print(f"{model_id} on a 56^3 crop: voxels equal {np.mean(ours == theirs):.6f}, "
           f"torch {ours_seconds:.1f} s, tinygrad {oracle_seconds:.1f} s; Dice {scores}")

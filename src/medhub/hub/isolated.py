@@ -1,9 +1,12 @@
 """Run a model's runner in its own venv, as a worker subprocess that exchanges files.
 
-:class:`IsolatedRunner` is a :class:`~medhub.hub.runner.ModelRunner` for the pipeline: its
-``load`` starts ONE worker (``<venv>/bin/python -m medhub.hub.isolated_worker``) that imports the
-model's real ``Runner`` and calls its ``load`` once; each ``predict`` then costs one volume
-written and one label map read, not a model load. The worker lives until the proxy is closed
+:class:`IsolatedRunner` stands in for a model's :class:`~medhub.hub.runner.Runner` (the hub's
+:class:`~medhub.hub.runtime.ModelRunner` drives it like any runner): its ``load`` starts ONE
+worker (``<venv>/bin/python -m medhub.hub.isolated_worker``) that imports the model's real
+``Runner`` and loads it once with the same :class:`~medhub.hub.runner.RunnerContext` (sent as
+JSON); each ``predict`` then costs one volume written and one label map read, not a model load.
+What the model returns comes back as it was returned (a label array, or a Prediction's labels,
+segments and values), and the hub checks it against the card in this process. The worker lives until the proxy is closed
 or the main process exits (and ends by itself when its stdin closes, so it never outlives a
 killed parent).
 
@@ -28,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +41,7 @@ from medhub.data.prediction import Prediction
 from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
 from medhub.hub.envs import env_python
+from medhub.hub.runner import Runner, RunnerContext
 
 STDERR_TAIL_LINES = 40
 
@@ -49,10 +54,8 @@ class IsolatedModelError(MedhubError):
         self.details = details
 
 
-class IsolatedRunner:
+class IsolatedRunner(Runner):
     """Proxy for a model runner living in the venv ``env_path`` (built by :func:`medhub.hub.envs.ensure_env`)."""
-
-    isolated = True  # tells the pipeline's runner cache which kind it holds
 
     def __init__(self, entry: Any, env_path: Path, *, work_root: Path | None = None) -> None:
         self.entry = entry
@@ -70,9 +73,9 @@ class IsolatedRunner:
     def model_id(self) -> str:
         return self.entry.card.id
 
-    # -- ModelRunner ---------------------------------------------------------------------------
-    def load(self, device: str, params: dict[str, Any]) -> None:
-        """Start the worker in the venv and load the model there (once)."""
+    # -- Runner --------------------------------------------------------------------------------
+    def load(self, context: RunnerContext) -> None:
+        """Start the worker in the venv and load the model there (once), with the hub's context."""
         if self._process is not None:
             self.close()
         python = env_python(self.env_path)
@@ -90,20 +93,20 @@ class IsolatedRunner:
         )
         self._finalizer = weakref.finalize(self, _shutdown, self._process, self._log, self._workdir)
         try:
-            answer = self._call({"op": "load", "device": device, "params": params})
+            answer = self._call({"op": "load", "context": context.to_json()})
         except BaseException:
             self.close()
             raise
         self.worker_info = {k: v for k, v in answer.items() if k != "ok"}
 
-    def predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
-        """Send the volume to the worker, run the real runner there, read its label map back."""
+    def predict(self, volume: Volume, params: Mapping[str, Any]) -> Prediction | np.ndarray:
+        """Send the volume to the worker, run the real runner there, read its result back."""
         if self._process is None or self._workdir is None:
             raise MedhubError(f"model {self.model_id}: predict called before load")
         with self._lock:
             return self._predict(volume, params)
 
-    def _predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
+    def _predict(self, volume: Volume, params: Mapping[str, Any]) -> Prediction | np.ndarray:
         assert self._workdir is not None
         self._counter += 1
         volume_file = self._workdir / f"volume-{self._counter}.npy"
@@ -118,12 +121,14 @@ class IsolatedRunner:
                 "modality": volume.modality,
                 "findings": list(volume.findings),
                 "metadata": _json_safe(volume.metadata),
-                "params": params,
+                "params": dict(params),
             })
-            labels = np.load(labels_file, allow_pickle=False)
+            labels = np.load(labels_file, allow_pickle=False) if answer["labels"] else None
         finally:
             volume_file.unlink(missing_ok=True)
             labels_file.unlink(missing_ok=True)
+        if labels is not None and answer["segments"] is None:  # the runner returned a bare label array
+            return labels
         segments = {int(value): str(name) for value, name in answer["segments"].items()}
         return Prediction(labels=labels, segments=segments, values=answer["values"])
 

@@ -1,8 +1,9 @@
 """The worker of an isolated model: runs in the model's own venv, answers :class:`~medhub.hub.isolated.IsolatedRunner`.
 
 Started as ``<venv>/bin/python -m medhub.hub.isolated_worker MODULE FOLDER``. It imports only
-numpy, pydicom and medhub's data model (what a venv built by :mod:`medhub.hub.envs` is sure to
-hold), then the model's own ``Runner``; see :mod:`medhub.hub.isolated` for the protocol.
+numpy, pydicom, medhub's data model and :mod:`medhub.hub.runner` (what a venv built by
+:mod:`medhub.hub.envs` is sure to hold), then the model's own ``Runner``, which it loads with
+the hub's :class:`~medhub.hub.runner.RunnerContext`; see :mod:`medhub.hub.isolated` for the protocol.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from typing import IO, Any
 
 import numpy as np
 
+from medhub.data.prediction import Prediction
 from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
+from medhub.hub.runner import Runner, context_from_json, start
 
 
 def _to_json(value: Any) -> Any:
@@ -32,7 +35,7 @@ def _to_json(value: Any) -> Any:
     raise TypeError(f"value of type {type(value).__name__} cannot be sent back from the worker")
 
 
-def _import_runner(module: str, folder: Path) -> type:
+def _import_runner(module: str, folder: Path) -> type[Runner]:
     """The model's ``Runner`` class: import ``<module>.runner`` from the venv, else from ``folder``.
 
     Built-in models import normally (medhub is linked into the venv). A plugin package is
@@ -61,14 +64,29 @@ def _import_runner(module: str, folder: Path) -> type:
             package.__path__ = [str(folder)]
             sys.modules[module] = package
     runner = getattr(importlib.import_module(f"{module}.runner"), "Runner", None)
-    if not isinstance(runner, type):
-        raise MedhubError(f"{folder / 'runner.py'} defines no class named 'Runner'")
+    if not isinstance(runner, type) or not issubclass(runner, Runner):
+        raise MedhubError(f"{folder / 'runner.py'} defines no class Runner(medhub.Runner)")
     return runner
+
+
+def _answer(result: Any, labels_file: str) -> dict[str, Any]:
+    """What the runner returned, for the proxy: the label map into ``labels_file``, the rest as JSON."""
+    if isinstance(result, np.ndarray):
+        np.save(labels_file, result, allow_pickle=False)
+        return {"labels": True, "segments": None, "values": {}}
+    if not isinstance(result, Prediction):
+        raise MedhubError(f"predict returned {type(result).__name__}; return a label array or a medhub.Prediction")
+    if result.embedding is not None:
+        raise MedhubError("an embedding model cannot run in an isolated environment yet")
+    if result.labels is not None:
+        np.save(labels_file, result.labels, allow_pickle=False)
+    return {"labels": result.labels is not None, "segments": {str(k): v for k, v in result.segments.items()},
+            "values": result.values}
 
 
 def _serve(module: str, folder: Path, protocol: IO[str]) -> None:
     """Answer requests from stdin until ``close`` or end of input."""
-    runner: Any = None
+    runner: Runner | None = None
     for line in sys.stdin:
         request = json.loads(line)
         op = request.get("op")
@@ -77,7 +95,7 @@ def _serve(module: str, folder: Path, protocol: IO[str]) -> None:
                 return
             if op == "load":
                 runner = _import_runner(module, folder)()
-                runner.load(request["device"], request["params"])
+                start(runner, context_from_json(request["context"]))
                 answer: dict[str, Any] = {"python": sys.version.split()[0], "numpy": np.__version__,
                                           "executable": sys.executable}
             elif op == "predict":
@@ -90,10 +108,7 @@ def _serve(module: str, folder: Path, protocol: IO[str]) -> None:
                     findings=list(request["findings"]),
                     metadata=dict(request["metadata"]),
                 )
-                prediction = runner.predict(volume, request["params"])
-                np.save(request["labels"], np.asarray(prediction.labels), allow_pickle=False)
-                answer = {"segments": {str(k): v for k, v in prediction.segments.items()},
-                          "values": prediction.values}
+                answer = _answer(runner.predict(volume, request["params"]), request["labels"])
             else:
                 raise MedhubError(f"unknown request {op!r}")
             reply = json.dumps({"ok": True, **answer}, default=_to_json)

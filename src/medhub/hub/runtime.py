@@ -1,7 +1,14 @@
-"""The runners this process has loaded: one per model and device, loaded once, used by one caller at a time.
+"""Models as the hub runs them: checked, loaded once per process and device, each prediction checked.
 
-Loading a model costs seconds to minutes (weights, an isolated worker), so a runner is loaded
-on first use and kept for the life of the process: a cohort of a thousand series, the jobs of
+:class:`ModelRunner` does for every model what used to be repeated in each runner (see
+:mod:`medhub.hub.runner`): it checks the device against the card and the machine, fetches and
+verifies the card's weights, decides whether the model runs here or in its own environment
+(:class:`~medhub.hub.isolated.IsolatedRunner`), hands the model's :class:`~medhub.hub.runner.Runner`
+its :class:`~medhub.hub.runner.RunnerContext`, refuses ``predict`` before ``load`` and volumes
+that are not 3D, and checks what the runner returns against the card.
+
+Loading a model costs seconds to minutes (weights, an isolated worker), so :data:`RUNNERS`
+keeps each loaded model for the life of the process: a cohort of a thousand series, the jobs of
 ``medhub serve``, the heads that embed through an encoder all share it. A runner is not
 assumed to be thread-safe, so its callers take turns under :meth:`RunnerCache.lock`:
 concurrent jobs of ``medhub serve`` take turns on one model while different models run side by
@@ -11,17 +18,80 @@ side. The CLI pays an uncontended lock per series.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
+from medhub.data.prediction import Prediction
+from medhub.data.volume import Volume
+from medhub.errors import MedhubError, SeriesSkipped
+from medhub.hub.catalog import ModelEntry, pull_weights
+from medhub.hub.devices import check_device
 from medhub.hub.envs import ensure_env, needs_isolation
 from medhub.hub.isolated import IsolatedRunner
-from medhub.hub.runner import ModelRunner
+from medhub.hub.runner import Runner, RunnerContext, available_cpus, finish, start
 
 RunnerKey = tuple[str, str]  # (model id, device)
 
 
+class ModelRunner:
+    """One model's runner as the hub runs it: ``load(device, params)`` once, then ``predict`` per volume.
+
+    ``runner`` is the model's own :class:`~medhub.hub.runner.Runner`; when None, :meth:`load`
+    makes one in this process, or an :class:`~medhub.hub.isolated.IsolatedRunner` when the
+    card's requirements are not met here (or ``MEDHUB_ISOLATION=always``).
+    """
+
+    def __init__(self, entry: ModelEntry, runner: Runner | None = None) -> None:
+        self.entry = entry
+        self.runner = runner
+        self.context: RunnerContext | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.entry.card.id
+
+    @property
+    def isolated(self) -> bool:
+        return isinstance(self.runner, IsolatedRunner)
+
+    def load(self, device: str, params: Mapping[str, Any]) -> None:
+        """Check the device, verify the weights, then load the model (in its own environment if it needs one)."""
+        card = self.entry.card
+        checked = check_device(device, card)
+        weights = pull_weights(self.entry, progress=False, only=[w.name for w in card.weights if w.needed(params)])
+        try:
+            threads = max(1, int(params.get("threads") or available_cpus()))
+        except (TypeError, ValueError):
+            raise MedhubError(f"model {card.id}: threads must be a whole number, got {params.get('threads')!r}"
+                              ) from None
+        context = RunnerContext(card=card, folder=self.entry.path, weights=weights, device=checked,
+                                params=dict(params), threads=threads)
+        if self.runner is None:
+            isolated = needs_isolation(card)
+            self.runner = IsolatedRunner(self.entry, ensure_env(self.entry)) if isolated else self.entry.new_runner()
+        if isinstance(self.runner, IsolatedRunner):
+            self.runner.load(context)  # the worker calls start() in the model's environment
+        else:
+            start(self.runner, context)
+        self.context = context
+
+    def predict(self, volume: Volume, params: Mapping[str, Any]) -> Prediction:
+        """The model's result on one volume, checked against the volume and the card (see :func:`finish`)."""
+        if self.context is None or self.runner is None:
+            raise MedhubError(f"model {self.model_id}: predict called before load")
+        if volume.array.ndim != 3:
+            raise SeriesSkipped(f"{self.model_id} needs a 3D volume, got an array of shape {volume.array.shape}")
+        return finish(self.runner.predict(volume, dict(params)), volume, self.entry.card)
+
+    def close(self) -> None:
+        """Stop an isolated worker; the next :meth:`predict` needs a new :meth:`load`."""
+        if isinstance(self.runner, IsolatedRunner):
+            self.runner.close()
+        self.context = None
+
+
 class RunnerCache:
-    """Loaded runners keyed by (model id, device), each with the lock its callers take turns on."""
+    """Loaded models keyed by (model id, device), each with the lock its callers take turns on."""
 
     def __init__(self) -> None:
         self._runners: dict[RunnerKey, ModelRunner] = {}
@@ -33,17 +103,16 @@ class RunnerCache:
         with self._guard:
             return self._locks.setdefault((model_id, device), threading.RLock())
 
-    def get(self, model: Any, device: str, params: dict[str, Any]) -> ModelRunner:
+    def get(self, model: ModelEntry, device: str, params: Mapping[str, Any]) -> ModelRunner:
         """The model's runner, loaded on first use (see :func:`loaded_runner`)."""
         key = (model.card.id, device)
         with self.lock(*key):
-            isolated = needs_isolation(model.card)
             cached = self._runners.get(key)
-            if cached is not None and bool(getattr(cached, "isolated", False)) != isolated:  # MEDHUB_ISOLATION changed
+            if cached is not None and cached.isolated != needs_isolation(model.card):  # MEDHUB_ISOLATION changed
                 self.forget(*key)
                 cached = None
             if cached is None:
-                runner: ModelRunner = IsolatedRunner(model, ensure_env(model)) if isolated else model.new_runner()
+                runner = ModelRunner(model)
                 runner.load(device, params)
                 self._runners[key] = cached = runner
             return cached
@@ -53,18 +122,18 @@ class RunnerCache:
         with self.lock(model_id, device):
             runner = self._runners.pop((model_id, device), None)
         if runner is not None:
-            getattr(runner, "close", lambda: None)()
+            runner.close()
 
 
 RUNNERS = RunnerCache()
 """The process's runners (a model loaded by ``medhub run`` is the one ``embed`` and the server reuse)."""
 
 
-def loaded_runner(model: Any, device: str, params: dict[str, Any]) -> ModelRunner:
+def loaded_runner(model: ModelEntry, device: str, params: Mapping[str, Any]) -> ModelRunner:
     """The model's runner, loaded once per process and device, then reused across series and runs.
 
     A model whose card requirements this environment does not satisfy (or any model under
-    ``MEDHUB_ISOLATION=always``) gets an :class:`~medhub.hub.isolated.IsolatedRunner`: its real
-    runner runs in the model's own venv (built on first use), in one worker kept for the process.
+    ``MEDHUB_ISOLATION=always``) runs in the model's own venv (built on first use), in one
+    worker kept for the process.
     """
     return RUNNERS.get(model, device, params)

