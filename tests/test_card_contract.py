@@ -196,19 +196,19 @@ RUNNER_SOURCES = {  # where each built-in model reads its predict/load parameter
 
 
 def _keys_read(model_id: str) -> set[str]:
-    """The parameter names a runner reads (``params.get("x")``, ``params["x"]``; ct-body through DEFAULTS)."""
+    """The parameter names a runner reads (``params.get("x")``, ``params["x"]``, ct-body's ``p["x"]``), plus
+    ``threads``, which the hub reads for every card that requires torch (it sets torch's threads before load)."""
     import re
 
     import medhub.models as models
+    from medhub.hub.runner import requires_torch
 
     keys: set[str] = set()
     for relative in RUNNER_SOURCES[model_id]:
         text = (Path(models.__file__).parent / relative).read_text()
-        keys |= set(re.findall(r"params(?:\.get\(|\[)\"(\w+)\"", text))
-        if "DEFAULTS" in text:
-            from medhub.models.ct_body.runner import DEFAULTS
-
-            keys |= set(DEFAULTS)
+        keys |= set(re.findall(r"(?:params|\bp)(?:\.get\(|\[)\"(\w+)\"", text))
+    if requires_torch(get_model(model_id).card):
+        keys.add("threads")
     return keys
 
 
@@ -227,14 +227,15 @@ def test_every_built_in_card_declares_exactly_the_parameters_its_runner_reads():
     assert {e.id for e in list_entries() if e.origin.startswith("built-in")} == set(RUNNER_SOURCES)
 
 
-def test_ct_body_card_defaults_are_the_runners_defaults():
-    """The card's defaults are what predict gets (the pipeline merges them); they must be the runner's own."""
+def test_ct_body_card_defaults_are_the_thresholds_predict_gets():
+    """The card is the one place ct-body's thresholds are written (the runner has no defaults of its own)."""
     from medhub.hub.workflow import predict_parameters
-    from medhub.models.ct_body.runner import DEFAULTS
 
     card = get_model("ct-body").card
-    assert card.parameter_defaults() == DEFAULTS
-    assert predict_parameters(card, _bare_workflow()) == DEFAULTS
+    thresholds = {"body_hu": -500.0, "air_hu": -400.0, "bone_hu": 250.0, "min_lung_ml": 20.0,
+                  "gas_median_hu": -950.0, "min_bone_ml": 0.5, "detach_mm": 3.0}  # ct-body's published behaviour
+    assert card.parameter_defaults() == thresholds
+    assert predict_parameters(card, _bare_workflow()) == thresholds
     assert predict_parameters(card, Workflow.model_validate({"execute": ["predict"], "modules": {
         "predict": {"bone_hu": 300}}}))["bone_hu"] == 300
 

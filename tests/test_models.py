@@ -30,6 +30,7 @@ from medhub.segdb import get_segment
 TS_LEFT_LUNG = [10, 11]  # lung_upper_lobe_left, lung_lower_lobe_left
 TS_RIGHT_LUNG = [12, 13, 14]  # lung_upper/middle/lower_lobe_right
 TS_VERTEBRAE_RIBS_STERNUM = list(range(25, 51)) + list(range(92, 117))
+CT_BODY_DEFAULTS = get_model("ct-body").card.parameter_defaults()  # what the hub hands ct-body's predict
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -154,7 +155,7 @@ def test_ct_body_lungs_match_totalsegmentator():
     reference = np.asanyarray(nib.load(shared_path("ct/totalsegmentator_nifti/example_seg.nii.gz")).dataobj)
     assert reference.shape == volume.shape
 
-    prediction = CtBodyRunner().predict(volume, {})
+    prediction = CtBodyRunner().predict(volume, CT_BODY_DEFAULTS)
     labels = prediction.labels
 
     assert prediction.segments == {1: "BODY", 2: "LEFT_LUNG", 3: "RIGHT_LUNG", 4: "BONE"}
@@ -182,7 +183,7 @@ def test_ct_body_on_the_real_dicom_series_finds_no_lungs_in_an_abdomen():
     volume = load_series(series[0])
     reference_image = nib.load(shared_path("ct/totalsegmentator_nifti/example_seg_dicom.nii.gz"))
 
-    prediction = CtBodyRunner().predict(volume, {})
+    prediction = CtBodyRunner().predict(volume, CT_BODY_DEFAULTS)
 
     assert set(prediction.segments.values()) == {"BODY", "BONE"}  # the reference has no lung either
     ours, our_affine = canonical(prediction.labels, volume.affine_ras)
@@ -219,14 +220,14 @@ def _phantom(bridge: bool) -> Volume:
 @pytest.mark.parametrize("bridge", [False, True])
 def test_ct_body_splits_lungs_by_patient_laterality(bridge):
     volume = _phantom(bridge)
-    labels = CtBodyRunner().predict(volume, {}).labels
+    labels = CtBodyRunner().predict(volume, CT_BODY_DEFAULTS).labels
     assert (labels[20:36, 15:45, 5:25] == 3).mean() > 0.95  # right lung (-x in LPS)
     assert (labels[46:58, 15:45, 5:25] == 2).mean() > 0.95  # left lung (+x in LPS)
     assert (labels[38:44, 40:48, 5:25] == 4).all()
     assert labels[0, 0, 0] == 0 and labels[40, 10, 15] == 1
 
     mirrored = Volume(array=volume.array[::-1].copy(), affine_lps=np.diag([-2.0, 2.0, 3.0, 1.0]))
-    mirrored_labels = CtBodyRunner().predict(mirrored, {}).labels
+    mirrored_labels = CtBodyRunner().predict(mirrored, CT_BODY_DEFAULTS).labels
     assert (mirrored_labels[::-1][46:58, 15:45, 5:25] == 2).mean() > 0.95  # same patient side, flipped storage
 
 
@@ -235,4 +236,4 @@ def test_ct_body_without_body_is_skipped():
 
     volume = Volume(array=np.full((10, 10, 5), -1000, np.int16), affine_lps=np.eye(4))
     with pytest.raises(SeriesSkipped, match="no body"):
-        CtBodyRunner().predict(volume, {})
+        CtBodyRunner().predict(volume, CT_BODY_DEFAULTS)

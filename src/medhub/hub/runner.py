@@ -5,8 +5,8 @@ has; the hub (:class:`medhub.hub.runtime.ModelRunner`) does everything every mod
 
 * before ``load``: the device is checked against the card and the machine, the card's weights
   files are fetched and verified, torch's CPU threads are set (for a card that requires
-  torch), and the workflow's ``predict`` parameters are merged; all of it arrives as one
-  :class:`RunnerContext`, also kept as ``self.context``;
+  torch), and the workflow's ``predict`` parameters are laid over the card's defaults; all of
+  it arrives as one :class:`RunnerContext`, also kept as ``self.context``;
 * around ``predict``: a runner is never called before ``load`` nor with a volume that is not 3D,
   and what it returns is checked against the card: a bare label array becomes a
   :class:`~medhub.data.prediction.Prediction` with the card's segments, the label map must have
@@ -49,7 +49,8 @@ class RunnerContext:
     pydantic may not be installed there). ``folder``: the model's folder (card.yaml, runner.py).
     ``weights``: every weights file the card declares for these parameters, name → verified
     local path. ``device``: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, usable on this machine and
-    listed on the card. ``params``: the workflow's ``predict`` parameters. ``threads``: the CPU
+    listed on the card. ``params``: the card's parameter defaults, overridden by the workflow's
+    ``predict`` parameters. ``threads``: the CPU
     threads the model may use (torch's are already set to it).
     """
 
@@ -87,8 +88,8 @@ class Runner:
         """One volume's result: a label map on the volume's grid (the card's segments) or a full Prediction.
 
         ``volume.array`` is 3D, indexed ``[x, y, z]``; it must not be modified. ``params`` are the
-        workflow's ``predict`` parameters. Raise :class:`~medhub.errors.SeriesSkipped` for a volume
-        the model cannot handle.
+        workflow's ``predict`` parameters over the card's defaults (every declared default is
+        there). Raise :class:`~medhub.errors.SeriesSkipped` for a volume the model cannot handle.
         """
         raise NotImplementedError(f"{type(self).__module__}.{type(self).__name__} must implement predict()")
 

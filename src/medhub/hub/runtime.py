@@ -57,6 +57,7 @@ class ModelRunner:
     def load(self, device: str, params: Mapping[str, Any]) -> None:
         """Check the device, verify the weights, then load the model (in its own environment if it needs one)."""
         card = self.entry.card
+        params = {**card.parameter_defaults(), **params}
         checked = check_device(device, card)
         weights = pull_weights(self.entry, progress=False, only=[w.name for w in card.weights if w.needed(params)])
         try:
@@ -81,7 +82,8 @@ class ModelRunner:
             raise MedhubError(f"model {self.model_id}: predict called before load")
         if volume.array.ndim != 3:
             raise SeriesSkipped(f"{self.model_id} needs a 3D volume, got an array of shape {volume.array.shape}")
-        return finish(self.runner.predict(volume, dict(params)), volume, self.entry.card)
+        card = self.entry.card
+        return finish(self.runner.predict(volume, {**card.parameter_defaults(), **params}), volume, card)
 
     def close(self) -> None:
         """Stop an isolated worker; the next :meth:`predict` needs a new :meth:`load`."""

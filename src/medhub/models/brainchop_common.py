@@ -284,7 +284,7 @@ class BrainchopRunner(medhub.Runner):
         """Labels on brainchop's conformed 256^3 grid ``[x, y, z]`` (uint8) and that grid's RAS affine."""
         conformed, affine = conform(np.asarray(volume.array), volume.affine_ras)
         labels = self.run_network(quantile_normalise(conformed))
-        if bool(params.get("largest_component", True)):
+        if bool(params["largest_component"]):
             labels = keep_largest_component(labels)
         return labels, affine
 

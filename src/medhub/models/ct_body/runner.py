@@ -23,16 +23,6 @@ import medhub
 BODY, LEFT_LUNG, RIGHT_LUNG, BONE, LUNG = 1, 2, 3, 4, 5
 SEGMENTS = {BODY: "BODY", LEFT_LUNG: "LEFT_LUNG", RIGHT_LUNG: "RIGHT_LUNG", BONE: "BONE", LUNG: "LUNG"}
 
-DEFAULTS: dict[str, float] = {
-    "body_hu": -500.0,  # body = largest component above this
-    "air_hu": -400.0,  # lung = air below this inside the body
-    "bone_hu": 250.0,  # bone = above this inside the body
-    "min_lung_ml": 20.0,  # smaller air pockets are airways or bowel gas
-    "gas_median_hu": -950.0,  # an air pocket whose median is below this is gas (stomach, bowel), not lung
-    "min_bone_ml": 0.5,  # smaller bright specks are calcifications, contrast or noise
-    "detach_mm": 3.0,  # opening radius that separates the table and blankets from the body
-}
-
 _IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE[:, :, 1] = ndi.generate_binary_structure(2, 1)  # 4-connectivity within one z slice
 
@@ -176,7 +166,7 @@ class Runner(medhub.Runner):
 
     def predict(self, volume: medhub.Volume, params: Mapping[str, Any]) -> medhub.Prediction:
         """Exclusive label map (body, lungs, bone) and their volumes in ml (the body's includes lungs and bone)."""
-        p = {**DEFAULTS, **{k: float(v) for k, v in params.items() if k in DEFAULTS}}
+        p = {name: float(value) for name, value in params.items()}  # every threshold, as the card declares it
         hu = np.asarray(volume.array)
         voxel_ml = volume.voxel_volume_ml
 

@@ -36,8 +36,8 @@ class Runner(medhub.Runner):
 
     def predict(self, volume: medhub.Volume, params: Mapping[str, Any]) -> medhub.Prediction:
         """The embedding of one volume (from the cache when ``params["cache"]``, the default, finds it)."""
-        result = embed_with(self, volume, dict(params), cache=bool(params.get("cache", True)),
-                            feature_map=bool(params.get("feature_map", False)))
+        result = embed_with(self, volume, dict(params), cache=bool(params["cache"]),
+                            feature_map=bool(params["feature_map"]))
         return medhub.Prediction(values={"embedding_dimension": result.dimension}, embedding=result)
 
     # -- EmbeddingModel ----------------------------------------------------------------------

@@ -29,15 +29,13 @@ class Runner(medhub.Runner):
     def predict(self, volume: medhub.Volume, params: Mapping[str, Any]) -> np.ndarray:
         """Brain mask in the volume's voxel order.
 
-        ``threshold`` (0..1, default 0.5) is the probability above which a voxel is brain;
-        ``n_dilate`` adds (>0) or removes (<0) voxel layers after deepbet's post-processing.
+        ``threshold`` is the probability above which a voxel is brain; ``n_dilate`` adds (>0) or
+        removes (<0) voxel layers after deepbet's post-processing (the card declares both).
         """
-        threshold = float(params.get("threshold", 0.5))
-        if not 0.0 < threshold < 1.0:
-            raise medhub.MedhubError(f"threshold must lie between 0 and 1, got {threshold}")
         image = self._nib.Nifti1Image(np.asarray(volume.array, dtype=np.float32), volume.affine_ras)
+        threshold, n_dilate = float(params["threshold"]), int(params["n_dilate"])
         try:
-            _, mask_image, _ = self._bet.run(image, threshold=threshold, n_dilate=int(params.get("n_dilate", 0)))
+            _, mask_image, _ = self._bet.run(image, threshold=threshold, n_dilate=n_dilate)
         except AssertionError as exc:  # deepbet asserts when its bounding-box network finds no head
             raise medhub.SeriesSkipped(f"deepbet found no brain in this series ({exc})") from None
         return np.asarray(mask_image.dataobj).astype(bool)

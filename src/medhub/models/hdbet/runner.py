@@ -135,8 +135,7 @@ class Runner(medhub.Runner):
         if float(np.std(data)) == 0.0:
             raise medhub.SeriesSkipped("HD-BET cannot normalise a constant image (all voxels have the same value)")
         with _quiet():
-            seg = self._segment(data, spacing, folds, bool(params.get("tta", False)),
-                                bool(params.get("postprocess", True)))
+            seg = self._segment(data, spacing, folds, bool(params["tta"]), bool(params["postprocess"]))
         return from_hdbet_order(seg, ornt, self._nib).astype(bool)
 
     def _segment(self, data: np.ndarray, spacing: tuple[float, ...], folds: tuple[int, ...], tta: bool,

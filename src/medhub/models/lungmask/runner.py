@@ -50,8 +50,8 @@ class Runner(medhub.Runner):
     def load(self, context: medhub.RunnerContext) -> None:
         """Build lungmask's inferer for R231 (the card's verified weights file) on the device.
 
-        ``params``: ``batch_size`` (slices per forward pass, default 20), ``volume_postprocessing``
-        (lungmask's connected-component clean-up, default true).
+        ``params``: ``batch_size`` (slices per forward pass), ``volume_postprocessing`` (lungmask's
+        connected-component clean-up).
         """
         self._sitk = medhub.require_module("SimpleITK", context.model_id, pip_name="SimpleITK")
         mask = medhub.require_module("lungmask.mask", context.model_id, pip_name="lungmask")
@@ -61,8 +61,8 @@ class Runner(medhub.Runner):
                 modelname="R231",
                 modelpath=os.fspath(weights),
                 force_cpu=context.device == "cpu",
-                batch_size=int(context.params.get("batch_size", 20)),
-                volume_postprocessing=bool(context.params.get("volume_postprocessing", True)),
+                batch_size=int(context.params["batch_size"]),
+                volume_postprocessing=bool(context.params["volume_postprocessing"]),
                 tqdm_disable=True,
             )
         except (RuntimeError, KeyError, IndexError, TypeError) as exc:  # not an R231-shaped state dict

@@ -161,7 +161,7 @@ class Runner(medhub.Runner):
 
     def load(self, context: medhub.RunnerContext) -> None:
         """``params``: ``fast`` (default true: the 3 mm model; false: the five 1.5 mm models)."""
-        self._fast = bool(context.params.get("fast", True))
+        self._fast = bool(context.params["fast"])
         self._device = {"cuda": "gpu"}.get(context.device, context.device)  # TotalSegmentator's name for CUDA
         results = prepare_weights(context, self._fast)
         # Set before TotalSegmentator is imported: it (and nnU-Net) read these at call time and import time.
