@@ -237,7 +237,8 @@ def test_the_worker_gets_the_hubs_context_with_the_card_read_like_the_parsed_car
     volume = Volume(np.zeros((4, 4, 4), np.int16), np.eye(4), modality="CT")
     values = isolated.predict(volume, {"describe_context": True}).values
     assert values == {"card": ["isolated-threshold", True], "folder": str(TEST_MODEL), "device": "cpu",
-                      "params": {}, "threads": isolated.context.threads, "weights": {}}
+                      "params": {"threshold_hu": 300, "min_ml": 0.05}, "threads": isolated.context.threads,
+                      "weights": {}}  # the card's parameter defaults reach the worker
 
 
 def test_worker_errors_are_one_line_with_details(test_env: Path) -> None:

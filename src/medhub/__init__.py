@@ -4,6 +4,8 @@ This package is also the whole API a model needs (docs/adding-a-model.md)::
 
     from medhub import Prediction, Runner, RunnerContext, SeriesSkipped, Volume
 
+and ``medhub.check_model(folder)`` is ``medhub check`` for a model's own tests.
+
 Each name is imported on first use (``__getattr__``), so ``import medhub`` stays as cheap as
 the command line needs; type checkers see the real classes.
 """
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from medhub.authoring.check import check_model
     from medhub.data.prediction import Prediction
     from medhub.data.volume import Volume
     from medhub.errors import MedhubError, SeriesSkipped
@@ -29,10 +32,11 @@ _EXPORTS = {
     "Prediction": "medhub.data.prediction",
     "SeriesSkipped": "medhub.errors",
     "MedhubError": "medhub.errors",
+    "check_model": "medhub.authoring.check",
 }
 
 __all__ = ["MedhubError", "Prediction", "Runner", "RunnerContext", "SeriesSkipped", "Volume", "__version__",
-           "require_module"]
+           "check_model", "require_module"]
 
 
 def __getattr__(name: str) -> Any:

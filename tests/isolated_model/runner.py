@@ -58,8 +58,8 @@ class Runner(medhub.Runner):
                 "folder": str(context.folder), "device": context.device, "params": dict(context.params),
                 "threads": context.threads, "weights": {k: str(v) for k, v in context.weights.items()}})
         voxel_ml = volume.voxel_volume_ml
-        labels = threshold_components(np.asarray(volume.array), voxel_ml, float(params.get("threshold_hu", 300)),
-                                      float(params.get("min_ml", 0.05)))
+        labels = threshold_components(np.asarray(volume.array), voxel_ml, float(params["threshold_hu"]),
+                                      float(params["min_ml"]))
         counts = np.bincount(labels.ravel(), minlength=3)
         components = int(ndi.label(labels > 0, structure=ndi.generate_binary_structure(3, 3))[1])
         return medhub.Prediction(

@@ -145,10 +145,10 @@ def _importable(target: Target) -> Iterator[None]:
 # ----------------------------------------------------------------------------------- the checks
 
 
-def check_model(target: str, *, device: str = "cpu", write_reference: bool = False,
+def check_model(target: str | Path, *, device: str = "cpu", write_reference: bool = False,
                 work_dir: Path | None = None) -> list[CheckResult]:
     """Run every check on a model folder or catalog name; see the module docstring for the order."""
-    where = locate(target)
+    where = locate(str(target))
     results: list[CheckResult] = []
     card_path = where.folder / "card.yaml"
     problems = card_problems(read_card_data(card_path), str(card_path))

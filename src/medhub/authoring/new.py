@@ -2,21 +2,21 @@
 
 Why a working model and not empty stubs: an author learns the contract fastest by changing
 something that runs. The scaffold's runner is a trivial threshold model (bone = voxels above
-300 HU on CT) with a synthetic sample CT written by :func:`medhub.inputs.synth.write_dicom_series`,
-so ``medhub check`` passes before the first edit, and each edit can be checked again.
+300 HU on CT) and its card's sample is medhub's synthetic CT phantom
+(:func:`medhub.inputs.sample.write_ct_phantom`), so ``medhub check`` passes before the first
+edit, and each edit can be checked again. The runner holds only what is the model's own: the hub
+checks the device, fetches weights, checks the label map and computes volumes in ml from the card.
 
 Layout (``NAME`` = ``my-model`` gives package ``my_model``)::
 
     my-model/
       pyproject.toml            entry point  [project.entry-points."medhub.models"] my-model = "my_model"
-      README.md
       src/my_model/__init__.py
       src/my_model/card.yaml    the model card (docs/model-card.md)
-      src/my_model/runner.py    class Runner: load(device, params), predict(volume, params)
-      src/my_model/sample.py    write_sample(out_dir, model_id): the sample input for medhub check
+      src/my_model/runner.py    class Runner(medhub.Runner): predict(volume, params) -> label map
       src/my_model/workflows/default.yml
       src/my_model/reference/   labels.nii.gz + values.json, written by the first check
-      tests/test_model.py
+      tests/test_model.py       medhub check as a test
 """
 
 from __future__ import annotations
@@ -58,11 +58,9 @@ def create(name: str, parent: Path, *, write_reference: bool = True) -> Path:
         raise MedhubError(f"{root} exists and is not empty; choose another name or --dir")
     files = {
         "pyproject.toml": PYPROJECT,
-        "README.md": README,
         f"src/{package}/__init__.py": INIT,
         f"src/{package}/card.yaml": CARD,
         f"src/{package}/runner.py": RUNNER,
-        f"src/{package}/sample.py": SAMPLE,
         f"src/{package}/workflows/default.yml": WORKFLOW,
         "tests/test_model.py": TEST,
     }
@@ -104,6 +102,9 @@ description = "{{ID}}: a model for medhub"
 requires-python = ">=3.11"
 dependencies = ["medhub"]  # add the model's own requirements here AND in card.yaml (pinned)
 
+# `pip install -e .` adds the model to `medhub models`; then `medhub check {{ID}}`, `pytest tests`,
+# `medhub run {{ID}} --input DICOM_FOLDER --output OUT` (medhub's docs/adding-a-model.md).
+
 # This line is what makes `pip install` add the model to `medhub models`:
 # the value names the package whose folder holds card.yaml, runner.py and workflows/.
 [project.entry-points."medhub.models"]
@@ -114,19 +115,6 @@ where = ["src"]
 
 [tool.setuptools.package-data]
 {{PKG}} = ["card.yaml", "workflows/*.yml", "reference/*"]
-'''
-
-README = '''\
-# {{ID}}
-
-A model for [medhub](https://github.com/). Layout, card fields and the check are described in
-medhub's docs/adding-a-model.md.
-
-    medhub check .                      # validate card, runner, workflows, run on the sample, compare
-    medhub check . --write-reference    # after an intended change of the outputs: review, then commit
-    pip install .                       # then: medhub models / medhub info {{ID}}
-    medhub run {{ID}} --input DICOM_FOLDER --output OUT
-    pytest tests
 '''
 
 INIT = '''\
@@ -185,9 +173,9 @@ parameters:                         # every key of the workflow's predict module
     maximum: 3071
     unit: HU
     description: "voxels above this are bone"
-sample:
-  description: "synthetic CT phantom (body with a bone cylinder) made by medhub.inputs.synth"
-  generator: "{{PKG}}.sample:write_sample"
+sample:                             # replace with real data that may be shared: path, or url + sha256
+  description: "medhub's synthetic CT phantom (a water body with a bone cylinder)"
+  generator: "medhub.inputs.sample:write_ct_phantom"
   reference:
     workflow: default
     folder: reference               # labels.nii.gz + values.json from `medhub check . --write-reference`
@@ -196,15 +184,14 @@ sample:
 '''
 
 RUNNER = '''\
-"""{{ID}} runner: label every voxel above a Hounsfield-unit threshold as bone (a template to replace).
+"""{{ID}}: every voxel above a Hounsfield-unit threshold is bone. A template: put your model here.
 
-medhub calls ``load`` once per process and ``predict`` once per series. ``volume.array`` is
-indexed [x=column, y=row, z=slice] with ``volume.affine_lps`` mapping voxels to LPS mm; the
-returned label map must have exactly that shape. Import heavy packages (torch, ...) inside
-``load`` so that `medhub models` stays fast.
+medhub hands ``predict`` a 3D volume (``volume.array`` indexed [x, y, z], ``volume.affine_lps`` in
+mm) and the card's parameters; it returns a label map of the volume's shape whose values the
+card's segments name (the hub adds their volumes in ml). A model with weights loads them once in
+``load(self, context)`` from ``context.weights["model.pt"]`` onto ``context.device``, and imports
+torch there too, so that `medhub models` stays fast.
 """
-
-from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
@@ -215,89 +202,26 @@ import medhub
 
 
 class Runner(medhub.Runner):
-    """Threshold model: no weights to load; ``params`` come from the workflow's ``predict`` module."""
-
     def predict(self, volume: medhub.Volume, params: Mapping[str, Any]) -> np.ndarray:
-        """Bone mask: the card's segment 1 (BONE); the hub reports its volume in ml."""
-        return np.asarray(volume.array) > float(params.get("threshold", 300.0))
-'''
-
-SAMPLE = '''\
-"""Sample input for `medhub check`: a small synthetic CT phantom written as a DICOM series.
-
-Replace it with real data that may be redistributed (or point the card's ``sample`` at a
-path or a URL with its SHA-256) and rewrite the reference with `medhub check . --write-reference`.
-"""
-
-from __future__ import annotations
-
-from pathlib import Path
-
-import numpy as np
-
-from medhub.inputs.synth import write_dicom_series
-
-
-def phantom() -> tuple[np.ndarray, np.ndarray]:
-    """(HU array [x, y, z], LPS affine): air, a water-like body ellipse and a bone cylinder."""
-    shape = (64, 48, 12)
-    x, y, _ = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
-    body = ((x - 32) / 28) ** 2 + ((y - 24) / 20) ** 2 <= 1
-    bone = (x - 40) ** 2 + (y - 28) ** 2 <= 36
-    noise = np.random.default_rng(0).normal(0.0, 20.0, shape)
-    hu = np.where(body, 40.0 + noise, -1000.0)
-    hu[bone] = 700.0 + noise[bone]
-    affine = np.diag([0.8, 0.8, 2.5, 1.0])
-    affine[:3, 3] = (-25.6, -19.2, -15.0)
-    return np.rint(hu).astype(np.int16), affine
-
-
-def write_sample(out_dir: Path, model_id: str) -> Path:
-    """Write the phantom as a CT series into ``out_dir/phantom`` and return that folder."""
-    array, affine = phantom()
-    folder = Path(out_dir) / "phantom"
-    write_dicom_series(array, affine, folder, modality="CT", body_part="CHEST",
-                       series_description=f"{model_id} sample phantom")
-    return folder
+        return np.asarray(volume.array) > params["threshold"]
 '''
 
 WORKFLOW = '''\
 general:
   name: default
   description: "Bone above a Hounsfield threshold, written as DICOM SEG."
-execute: [select, load, predict, write_seg]
-modules:
-  predict:
-    threshold: 300          # HU; declared in the card's parameters, passed to Runner.predict as params["threshold"]
-  write_seg:
-    labelmap: false
+execute: [select, load, predict, write_seg]   # the predict parameters are the card's (--set predict.threshold=400)
 '''
 
 TEST = '''\
-"""Tests of {{ID}}: the runner on a tiny volume, and the whole `medhub check`."""
-
-from __future__ import annotations
+"""`medhub check`: the card, the runner and the workflow, then the model on its sample against reference/."""
 
 from pathlib import Path
 
-import numpy as np
-
-from medhub.authoring.check import check_model
-from medhub.data.volume import Volume
-
-PROJECT = Path(__file__).resolve().parents[1]
-
-
-def test_runner_labels_voxels_above_the_threshold():
-    from {{PKG}}.runner import Runner
-
-    array = np.full((4, 4, 2), -1000, dtype=np.int16)
-    array[1, 1, 0] = 800
-    mask = Runner().predict(Volume(array=array, affine_lps=np.eye(4), source=None), {"threshold": 300})
-    assert mask.shape == array.shape and int(mask.sum()) == 1 and mask[1, 1, 0]
+import medhub
 
 
 def test_medhub_check_passes():
-    failed = [r.line() for r in check_model(str(PROJECT)) if r.failed]
+    failed = [result.line() for result in medhub.check_model(Path(__file__).parents[1]) if result.failed]
     assert not failed, "\\n".join(failed)
 '''

@@ -184,13 +184,16 @@ def new(
     dir: Annotated[Path, typer.Option("--dir", help="Folder to create the package in.")] = Path("."),
     debug: DebugOption = False,
 ) -> None:
-    """Scaffold a model package (card, runner, workflow, sample, test) that passes `medhub check`."""
+    """Scaffold a model package (card, runner, workflow, test) that passes `medhub check`."""
+    import os
+
     from medhub.authoring.new import create
 
     root = create(name, dir)
-    _plain(f"created {root}")
-    _plain(f"next: edit {root}/src/*/card.yaml and runner.py, then: medhub check {root}; "
-           f"pip install {root}; medhub models")
+    where = root if root.is_absolute() and not root.is_relative_to(Path.cwd()) else Path(os.path.relpath(root))
+    shown = where.as_posix() if where.is_absolute() else f"./{where.as_posix()}"
+    _plain(f"created {shown}: a threshold model that passes medhub check; edit its card.yaml and runner.py")
+    _plain(f"next: pip install -e {shown}   (then: medhub models; medhub check {where.name}; pytest {shown})")
 
 
 @app.command()

@@ -97,6 +97,34 @@ def write_sample(out_dir: Path, model_id: str) -> Path:
     return _SAMPLES[key](out_dir)
 
 
+def ct_phantom() -> tuple[np.ndarray, np.ndarray]:
+    """(HU array [x, y, z], LPS affine): air, a water-like body ellipse with noise, and a bone cylinder."""
+    shape = (64, 48, 12)
+    x, y, _ = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
+    body = ((x - 32) / 28) ** 2 + ((y - 24) / 20) ** 2 <= 1
+    bone = (x - 40) ** 2 + (y - 28) ** 2 <= 36
+    noise = np.random.default_rng(0).normal(0.0, 20.0, shape)
+    hu = np.where(body, 40.0 + noise, -1000.0)
+    hu[bone] = 700.0 + noise[bone]
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = (-25.6, -19.2, -15.0)
+    return np.rint(hu).astype(np.int16), affine
+
+
+def write_ct_phantom(out_dir: Path, model_id: str) -> Path:
+    """A small synthetic CT (12 slices of 64x48) as a DICOM series in ``out_dir/phantom``: a card's sample generator.
+
+    ``medhub new`` points its template card here (``generator: medhub.inputs.sample:write_ct_phantom``)
+    so a new model passes ``medhub check`` before its author has data; the same bytes on every run.
+    """
+    array, affine = ct_phantom()
+    folder = Path(out_dir) / "phantom"
+    write_dicom_series(array, affine, folder, modality="CT", body_part="CHEST",
+                       series_description=f"{model_id} sample phantom", uid_seed=content_seed(array, affine),
+                       acquired=dt.datetime(2000, 1, 1))
+    return folder
+
+
 SAMPLE_FOLDER = "sample-input"
 _SAMPLE_FILE = re.compile(r"^[a-z0-9_]+/IM\d{5}\.dcm$")
 
