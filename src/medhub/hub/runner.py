@@ -141,7 +141,7 @@ def start(runner: Runner, context: RunnerContext) -> None:
     runner.load(context)
 
 
-def finish(result: Any, volume: Volume, card: Any) -> Prediction:
+def finish(result: Any, volume: Volume, card: ModelCard) -> Prediction:
     """What ``predict`` returned, checked against the volume and the card, with the card's volumes in ml."""
     model = card.id
     if isinstance(result, np.ndarray):
