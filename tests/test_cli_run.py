@@ -233,12 +233,9 @@ def test_nothing_to_do_exits_2_with_one_line(tmp_path: Path, args: list[str], me
 
 @pytest.mark.parametrize(
     ("model", "device", "message"),
-    [
-        ("ct-body", "tpu", "unknown device 'tpu': use cpu, cuda (or cuda:N) or mps"),
-        ("ct-body", "cuda", "model ct-body does not run on cuda: its card lists cpu only"),
+    [  # one of each refusal the command line adds to hub/devices.py (every name and machine case: test_devices.py)
         ("ct-body", "cuda:0", "model ct-body does not run on cuda: its card lists cpu only"),
         ("deepbet", "cuda", "--device cuda: this machine has no usable CUDA device"),
-        ("deepbet", "mps", "--device mps: Apple's MPS is not available on this machine"),
     ],
 )
 def test_a_device_the_card_or_the_machine_cannot_use_exits_2_before_any_work(
