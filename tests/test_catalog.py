@@ -203,11 +203,13 @@ def test_pull_downloads_the_plugin_weights_from_a_server(plugin_venv, tmp_path):
     assert proc.returncode == 0, proc.stderr
     target = tmp_path / "cache" / PLUGIN / "threshold.json"
     assert target.read_bytes() == WEIGHTS
-    assert f"{PLUGIN}: threshold.json → {target}" in proc.stdout
+    assert f"{PLUGIN}: weights threshold.json: 19 bytes, SHA-256 verified ({target})" in proc.stdout
     proc = venv_medhub(plugin_venv, "info", PLUGIN, "--json", env=env)
-    assert json.loads(proc.stdout)["weights"] == [
-        {"name": "threshold.json", "state": "cached", "path": str(target),
-         "source": json.loads(proc.stdout)["card"]["weights"][0]["url"]}]
+    info = json.loads(proc.stdout)
+    assert info["weights"] == [
+        {"name": "threshold.json", "size": len(WEIGHTS), "state": "cached", "verified": True, "path": str(target),
+         "source": info["card"]["weights"][0]["url"], "detail": "SHA-256 verified"}]
+    assert info["ready"] is True and info["todo"] == []
 
 
 @pytest.mark.slow

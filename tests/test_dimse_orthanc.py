@@ -365,16 +365,22 @@ def test_cli_pulls_the_ct_with_c_get_and_stores_a_valid_seg_that_references_it(r
 
 
 def test_cli_c_move_and_a_push_to_a_dead_node(running, tmp_path):
-    """--move-to retrieves with C-MOVE; a push to a closed port is one line, exit 1, the SEG still written locally."""
+    """--move-to retrieves with C-MOVE; a push to a closed port is found out before any work (issue 13): one line,
+    exit 2, nothing fetched or written."""
     closed = f"dimse://NOBODY@127.0.0.1:{orthanc.free_port()}"
+    refused = medhub("run", "ct-body", "--input", running.url(f"series={running.series}"),
+                     "--output", str(tmp_path / "refused"), "--move-to", AE, "--move-port", str(running.move_port),
+                     "--push", closed)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"medhub: --push {closed}: cannot reach DICOM node NOBODY@127.0.0.1:{closed.rsplit(':', 1)[1]}: "
+        "Connection refused (while sending C-ECHO) (checked before the run; nothing was done)"]
+    assert not (tmp_path / "refused").exists()
+
     proc = medhub("run", "ct-body", "--input", running.url(f"series={running.series}"),
-                  "--output", str(tmp_path / "out"), "--move-to", AE, "--move-port", str(running.move_port),
-                  "--push", closed)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    (seg_path,) = (tmp_path / "out").rglob("*.seg.dcm")
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("medhub: ")]
-    assert lines == [f"medhub: pushed 0 of 1: cannot reach DICOM node NOBODY@127.0.0.1:{closed.rsplit(':', 1)[1]}: "
-                     f"Connection refused (while connecting to store); not stored: {seg_path.name}"], proc.stderr
+                  "--output", str(tmp_path / "out"), "--move-to", AE, "--move-port", str(running.move_port))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list((tmp_path / "out").rglob("*.seg.dcm"))) == 1
 
 
 def test_cli_refuses_bad_pacs_options_before_any_work(running, tmp_path, monkeypatch):

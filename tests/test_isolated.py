@@ -215,6 +215,11 @@ def test_ct_body_forced_into_isolation_matches_in_process(
     model = get_model("ct-body")
     params = {"body_hu": -500, "bone_hu": 250}
     volume = crop(phantom)
+    if not envs.env_state(model.card).built:  # loading never builds an environment: medhub pull does
+        with pytest.raises(MedhubError, match=r"model ct-body runs in its own environment \(MEDHUB_ISOLATION=always"
+                                              r"\), which is not built yet: run `medhub pull ct-body` first"):
+            loaded_runner(model, "cpu", params)
+    envs.ensure_env(model)
     runner = loaded_runner(model, "cpu", params)
     worker = runner.runner
     assert isinstance(worker, IsolatedRunner) and runner.isolated
@@ -303,16 +308,37 @@ def test_medhub_pull_then_run_end_to_end(tmp_path: Path, expected, assert_valid_
         return subprocess.run([sys.executable, "-m", "medhub", *args], capture_output=True, text=True,
                               env=environment, timeout=600, check=False)
 
-    pulled = cli("pull", "isolated-threshold", "--json")
-    assert pulled.returncode == 0, pulled.stderr[-2000:]
-    env = Path(json.loads(pulled.stdout)["environment"])
-    assert env.parent == envs_dir and envs.env_ready(env)
-
+    # before any pull: info tells the truth, and run refuses before any work instead of building
+    info = json.loads(cli("info", "isolated-threshold", "--json").stdout)
+    assert info["ready"] is False and info["environment"]["needed"] and not info["environment"]["built"]
+    assert info["environment"]["reason"] == f"numpy<2 (installed: {np.__version__})"
+    assert info["todo"] == ["medhub pull isolated-threshold (builds its environment)"]
     out = tmp_path / "out"
-    proc = cli("run", "isolated-threshold", "--input", str(shared_path(PHILIPS)), "--output", str(out),
+    refused = cli("run", "isolated-threshold", "--input", str(shared_path(PHILIPS)), "--output", str(out),
                   "--json-progress")
+    assert refused.returncode == 2
+    last = json.loads(refused.stdout.splitlines()[-1])
+    assert last["event"] == "error" and last["exit_code"] == 2
+    assert "which is not built yet: run `medhub pull isolated-threshold` first, or add --pull" in last["message"]
+    assert not out.exists() and not envs_dir.exists()  # nothing built, nothing written
+
+    # run --pull builds it (as medhub pull does), then runs
+    proc = cli("run", "isolated-threshold", "--input", str(shared_path(PHILIPS)), "--output", str(out),
+               "--json-progress", "--pull")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    pulled_event = next(e for e in events if e["event"] == "pulled")
+    env = Path(pulled_event["environment"])
+    assert env.parent == envs_dir and envs.env_ready(env) and pulled_event["environment_bytes"] > 1_000_000
+
+    pulled = cli("pull", "isolated-threshold", "--json")  # already built: medhub pull says so, builds nothing
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    answer = json.loads(pulled.stdout)
+    assert Path(answer["environment"]) == env and answer["environment_detail"]["built_now"] is False
+    assert answer["environment_detail"]["bytes"] == pulled_event["environment_bytes"]
     assert [p for p in envs_dir.iterdir()] == [env]  # the run used the pulled venv, built nothing new
+    info = json.loads(cli("info", "isolated-threshold", "--json").stdout)
+    assert info["ready"] is True and info["environment"]["built"] and info["environment"]["path"] == str(env)
     report = json.loads((out / "medhub-report.json").read_text())
     (entry,) = report["series"]
     assert entry["status"] == "succeeded", entry

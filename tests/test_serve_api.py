@@ -420,6 +420,23 @@ def test_a_model_that_does_not_run_on_the_servers_device_is_422_before_the_uploa
         assert leftover_jobs(gpu_client) == []
 
 
+def test_a_model_whose_environment_is_not_built_is_422_and_nothing_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13: a job never builds a model's environment (minutes, hundreds of MB); `medhub pull` does."""
+    monkeypatch.setenv("MEDHUB_ISOLATION", "always")  # ct-body must then run in its own environment
+    monkeypatch.setenv("MEDHUB_ENVS", str(tmp_path / "envs"))
+    settings = ServeSettings(data_dir=tmp_path / "data", token=TOKEN)
+    with TestClient(create_app(settings), headers=AUTH) as test_client:
+        one_ct_slice = next(shared_path(NO_UID_CT).iterdir()).read_bytes()
+        response = test_client.post("/api/jobs", data={"model": "ct-body"}, files=[("files", ("a.dcm", one_ct_slice))])
+        assert response.status_code == 422
+        assert response.json()["detail"] == ("model ct-body runs in its own environment (MEDHUB_ISOLATION=always), "
+                                             "which is not built yet: run `medhub pull ct-body` first")
+        assert leftover_jobs(test_client) == []
+    assert not (tmp_path / "envs").exists()
+
+
 def test_serve_refuses_to_start_on_a_device_this_machine_lacks() -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

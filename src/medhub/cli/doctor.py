@@ -25,17 +25,31 @@ def doctor(
     if json_output:
         console.print_json(json.dumps(diagnosis, default=str))
         return
+    from medhub.cli.run import short_uid
+
+    wide = console.width >= 140
     table = new_table(f"{path}: {len(diagnosis['series'])} series")
-    for column in ("series", "modality", "description", "images", "status", "findings"):
-        table.add_column(column)
+    table.add_column("series", overflow="fold", max_width=None if wide else 24)
+    table.add_column("folder", overflow="fold")
+    table.add_column("images", justify="right")
+    table.add_column("transfer syntax", overflow="fold")
+    table.add_column("status / findings", overflow="fold")
     for item in diagnosis["series"]:
-        findings = item["skip_reason"] or ""
-        if item["findings"]:
-            findings = "; ".join(filter(None, [findings, *item["findings"]]))
-        table.add_row(item["key"][-40:], item["modality"], item["description"], str(item["images"]),
-                      "loadable" if not item["skip_reason"] else "skip", findings)
+        name = item["description"] or item["modality"] or "series"
+        if item["modality"] and item["modality"] not in name:
+            name = f"{item['modality']} {name}"
+        key = item["key"] if wide else short_uid(item["key"])
+        findings = [item["skip_reason"]] if item["skip_reason"] else []
+        findings += item["findings"] + ["warning: no UIDs to reference (below)"] * bool(item["warnings"])
+        status = "\n".join(["skip" if item["skip_reason"] else "loadable", *findings])
+        table.add_row(f"{name}\n{key}", item["folder"], str(item["images"]),
+                      "\n".join(item["transfer_syntax_names"]), status)
     console.print(table)
+    for item in diagnosis["series"]:
+        for warning in item["warnings"]:
+            typer.echo(f"medhub: warning: {item['folder']} ({item['description'] or item['key']}): {warning}",
+                       err=True)
     for bad in diagnosis["unreadable"]:
         console.print(f"unreadable: {bad['path']}: {bad['reason']}", markup=False, highlight=False)
     console.print(f"{diagnosis['files_seen']} files, {diagnosis['non_dicom_files']} not DICOM, "
-                  f"{diagnosis['dicomdir_files']} DICOMDIR ignored")
+                  f"{diagnosis['dicomdir_files']} DICOMDIR ignored", markup=False, highlight=False)

@@ -6,7 +6,6 @@ them on the same typer app. Every command that prints a table also has ``--json`
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -51,20 +50,50 @@ def models(
     entries = [e for e in listing.entries
                if matches_summary(e["summary"], modality=modality, body_part=body_part, task=task)]  # fmt: skip
     _warn_catalog_problems(listing.problems)
+    from medhub.hub.listing import readiness
+
+    states = {e["id"]: readiness(e) for e in entries}
     if json_output:
-        rows = [{**{k: e["summary"][k] for k in _SUMMARY_KEYS}, "origin": e["origin"]} for e in entries]
+        rows = [{**{k: e["summary"][k] for k in _SUMMARY_KEYS}, "origin": e["origin"],
+                 "ready": states[e["id"]]["ready"], "todo": states[e["id"]]["todo"],
+                 "environment": states[e["id"]]["environment"]["summary"]} for e in entries]
         console.print_json(json.dumps(rows))
         return
     table = new_table(f"medhub models ({len(entries)})")
     table.add_column("model", no_wrap=True)
+    table.add_column("ready")
     for column in ("version", "modality", "body part", "outputs", "licence (code / weights)", "title"):
         table.add_column(column)
     for entry in entries:
         card = entry["summary"]
-        table.add_row(card["id"], card["version"], ", ".join(card["modality"]), card["body_part"],
-                      ", ".join(card["outputs"]) or card["task"],
+        table.add_row(card["id"], _ready_word(states[entry["id"]]), card["version"], ", ".join(card["modality"]),
+                      card["body_part"], ", ".join(card["outputs"]) or card["task"],
                       f"{card['licence']['code']} / {card['licence']['weights']}", card["title"])
     console.print(table)
+    for model_id, state in states.items():
+        if state["todo"]:
+            _plain(f"{model_id}: {'; '.join(state['todo'])}")
+
+
+def _environment_line(environment: dict[str, Any], model_id: str) -> str:
+    """Where the model runs, and whether that environment is built (what ``medhub run`` will find)."""
+    if environment["problem"]:
+        return f"its own, which cannot be built: {environment['problem']}"
+    if not environment["needed"]:
+        return "medhub's own (the card's requirements are met here)"
+    if environment["built"]:
+        return f"its own ({environment['reason']}), built at {environment['path']}"
+    return (f"its own ({environment['reason']}), not built yet: medhub pull {model_id} builds it at "
+            f"{environment['path']}")
+
+
+def _ready_word(state: dict[str, Any]) -> str:
+    """yes: runs as it is; pull: needs `medhub pull` (environment, or weights a run would fetch); install: pip."""
+    if state["ready"]:
+        return "yes" if not state["todo"] else "yes (pull)"
+    if state["environment"]["needed"] and not state["environment"]["built"]:
+        return "no (pull)"
+    return "no (install)"
 
 
 def model_info(entry: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +117,8 @@ def info(
         console.print_json(json.dumps(data))
         return
     card = data["card"]
+    from medhub.cli.prepare import human_size
+
     say = _plain
     console.print(f"[bold]{card['id']}[/bold] {card['version']}: {card['title']}", highlight=False)
     say(card["description"])
@@ -132,7 +163,11 @@ def info(
     memory = f"; memory: {card['memory']['ram_gb']:g} GB RAM" if card.get("memory") else ""
     say(f"devices: {', '.join(card['devices'])}{memory}")
     for weight in data["weights"]:
-        say(f"weights: {weight['name']}: {weight['state']} {weight['path'] or weight['source']}")
+        size = f", {human_size(weight['size'])}" if weight.get("size") else ""
+        say(f"weights: {weight['name']}{size}: {weight['detail']} ({weight['path'] or weight['source']})")
+    say(f"environment: {_environment_line(data['environment'], card['id'])}")
+    say("ready: yes" + (f"; {'; '.join(data['todo'])}" if data["todo"] else "") if data["ready"]
+        else f"ready: no; {'; '.join(data['todo'])}")
     say(f"workflows: {', '.join(data['workflows'])}")
     say(f"run: {data['run']}")
 
@@ -149,32 +184,13 @@ def pull(
     json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Fetch a model's weights (verified by SHA-256) and, if it needs one, create its environment."""
-    from medhub.hub.catalog import get_model, pull_weights
+    """Make a model ready: fetch and verify its weights and, if it runs in its own environment, build it."""
+    from medhub.cli.prepare import prepare
+    from medhub.hub.catalog import get_model
 
-    entry = get_model(model)
-    paths = pull_weights(entry, progress=not json_output, offline=offline)
-    env = _ensure_env(entry, quiet=json_output)
+    result = prepare(get_model(model), offline=offline, show=not json_output)
     if json_output:
-        console.print_json(json.dumps({"model": entry.id, "weights": {k: str(v) for k, v in paths.items()},
-                                       "environment": str(env) if env else None}))
-        return
-    if not paths:
-        _plain(f"{entry.id}: no weights to fetch")
-    for name, path in paths.items():
-        _plain(f"{entry.id}: {name} → {path}")
-    _plain(f"{entry.id}: environment {env}" if env else f"{entry.id}: runs in medhub's own environment")
-
-
-def _ensure_env(entry: Any, *, quiet: bool) -> Path | None:
-    """Create the model's isolated environment when :mod:`medhub.hub.envs` is there and says it needs one."""
-    try:
-        envs = importlib.import_module("medhub.hub.envs")
-    except ImportError:
-        return None
-    if not envs.needs_isolation(entry.card):
-        return None
-    return envs.ensure_env(entry, log=None if quiet else _plain)
+        console.print_json(json.dumps(result))
 
 
 @app.command()

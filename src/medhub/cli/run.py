@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from medhub.cli.app import EXIT_SOME_FAILED, DebugOption, app, console, new_table, user_errors
+from medhub.cli.app import EXIT_NOTHING_DONE, EXIT_SOME_FAILED, DebugOption, app, console, new_table, user_errors
 from medhub.errors import MedhubError
 
 
@@ -52,39 +52,61 @@ def run(
         "it) instead of C-GET.")] = None,
     move_port: Annotated[int | None, typer.Option(
         "--move-port", help="Port medhub receives C-MOVE on (the one the archive has for --move-to).")] = None,
+    pull: Annotated[bool, typer.Option(
+        "--pull", help="First make the model ready (weights, its own environment) as `medhub pull` does.")] = False,
     debug: DebugOption = False,
 ) -> None:
     """Run MODEL on every suitable series under --input and write results to --output."""
+    try:
+        _run(model, input, output, workflow, config, set_ or [], rtstruct, nifti, seg_nrrd, labelmap, preview,
+             statistics, template, sample, device, json_progress, resume, scheduler, workers, push, move_to,
+             move_port, pull, debug)
+    except MedhubError as exc:
+        if json_progress:  # a program following the run learns why it ends with exit code 2
+            from medhub.pipeline.progress import JsonLinesProgress
+
+            JsonLinesProgress().event("error", message=str(exc), exit_code=EXIT_NOTHING_DONE)
+        raise
+
+
+def _run(model: str, input: str | None, output: Path, workflow: str | None, config: Path | None, set_: list[str],
+         rtstruct: bool, nifti: bool, seg_nrrd: bool, labelmap: bool, preview: bool, statistics: bool,
+         template: str | None, sample: bool, device: str, json_progress: bool, resume: bool, scheduler: str | None,
+         workers: int | None, push: str | None, move_to: str | None, move_port: int | None, pull: bool,
+         debug: bool) -> None:
     from medhub.hub.catalog import get_model
     from medhub.hub.devices import check_device
-    from medhub.pipeline.layout import DEFAULT_TEMPLATE
+    from medhub.pipeline.layout import DEFAULT_TEMPLATE, check_template
     from medhub.pipeline.progress import JsonLinesProgress, RichProgress
     from medhub.pipeline.run import RunOptions
     from medhub.pipeline.run import run as run_pipeline
     from medhub.pipeline.steps import StepName
     from medhub.pipeline.workflows import resolve_workflow
 
+    # Every option is checked before any work (issue 13): a mistake costs one line and exit code 2.
     entry = get_model(model)
-    device = check_device(device, entry.card)  # a device this model or machine cannot use: exit 2 before any work
+    device = check_device(device, entry.card)  # a device this model or machine cannot use
     switches = ((rtstruct, StepName.WRITE_RTSTRUCT), (nifti, StepName.WRITE_NIFTI),
                 (statistics, StepName.WRITE_STATISTICS), (preview, StepName.WRITE_PREVIEW),
                 (seg_nrrd, StepName.WRITE_SEG_NRRD))
-    # a typo or a value the model does not take: exit 2 before any work
-    chosen = resolve_workflow(entry, name=workflow, config=config, overrides=set_ or [],
+    # a typo or a value the model does not take
+    chosen = resolve_workflow(entry, name=workflow, config=config, overrides=set_,
                               add_steps=[step for flag, step in switches if flag], labelmap=labelmap)
-
     if sample and input is not None:
         raise MedhubError("give either --input or --sample, not both")
     if input is None and not sample:
         raise MedhubError("missing --input (a DICOM folder, a NIfTI file, a dicomweb://, dimse:// or idc:// URL), "
                           "or use --sample")
-    if push is not None:
-        from medhub.inputs.remote import check_push_url
-
-        check_push_url(push)  # a bad push URL fails before any work
     if (move_to is not None or move_port is not None) and not str(input or "").lower().startswith("dimse:"):
         raise MedhubError("--move-to and --move-port apply to dimse:// inputs only")
+    check_template(template or DEFAULT_TEMPLATE)
     _check_output(input, output)
+    if push is not None:
+        from medhub.inputs.remote import probe_push
+
+        probe_push(push)  # reachable, and accepts our credentials / AE title
+    _check_environment(entry, pull=pull, json_progress=json_progress)
+
     # SIGTERM (a batch system's kill) unwinds like Ctrl-C, so temporary files are removed on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     progress = JsonLinesProgress() if json_progress else RichProgress()
@@ -158,6 +180,28 @@ def _check_output(input: str | None, output: Path) -> None:
     check_output_location(Path(str(input)) if local else None, output)
 
 
+def _check_environment(entry: Any, *, pull: bool, json_progress: bool) -> None:
+    """A model that runs in its own environment needs it built: by ``--pull`` now, else refused with the way out."""
+    from medhub.hub.envs import env_state, not_built_message
+
+    if pull:
+        from medhub.cli.prepare import prepare
+
+        done = prepare(entry, show=not json_progress)
+        if json_progress:
+            from medhub.pipeline.progress import JsonLinesProgress
+
+            JsonLinesProgress().event("pulled", model=entry.id, weights_bytes=done["weights_bytes"],
+                                      environment=done["environment"],
+                                      environment_bytes=done["environment_detail"]["bytes"])
+        return
+    state = env_state(entry.card)
+    if state.problem:
+        raise MedhubError(state.problem)
+    if state.needed and not state.built:
+        raise MedhubError(f"{not_built_message(state)}, or add --pull to build it now")
+
+
 def _input_label(value: str | None, sample: bool, source: Path, output: Path) -> str:
     """What the report names as the input: the path, or the PACS URL without credentials."""
     from medhub.inputs.remote import label
@@ -215,18 +259,59 @@ def _push(report: Any, output: Path, url: str) -> None:
     typer.echo(f"pushed {len(stored)} of {len(files)} to {label(url).split('?')[0]}", err=True)
 
 
+def short_uid(uid: str, width: int = 22) -> str:
+    """A UID as a person tells two apart: its start and its end (``1.3.12.2.1107…016573``)."""
+    if len(uid) <= width:
+        return uid
+    return f"{uid[:width - 8]}…{uid[-7:]}"
+
+
+def _written(entry: Any, wide: bool) -> str:
+    """The files a series wrote, relative to OUT: each folder once, its files under it, one per line.
+
+    On a narrow terminal the series' own UID in a folder name is shortened as in the series column
+    (the report keeps every full path).
+    """
+    folders: dict[str, list[str]] = {}
+    for output in entry.outputs:
+        folder, _, name = output.rpartition("/")
+        folders.setdefault(folder, []).append(name)
+    lines = []
+    for folder, names in folders.items():
+        if not folder:
+            lines.extend(names)
+            continue
+        if not wide and entry.key and len(entry.key) > 22:
+            folder = folder.replace(entry.key, short_uid(entry.key))
+        lines.append(f"{folder}/")
+        lines.extend(f"  {name}" for name in names)
+    return "\n".join(lines)
+
+
 def print_run_summary(report: Any) -> None:
-    """A table of every series: status, reason, outputs."""
-    table = new_table(f"medhub {report.model} {report.model_version} ({report.workflow})")
-    for column in ("series", "modality", "images", "status", "reason / outputs"):
-        table.add_column(column)
+    """Every series in one table that fits 80 columns: what it is, what happened, what was written where.
+
+    A series is named by its description and the start and end of its UID (series of one study
+    share the start); the files are relative to the output folder.
+    """
+    wide = console.width >= 140
+    table = new_table(f"medhub {report.model} {report.model_version} ({report.workflow}) → {report.output}")
+    table.add_column("series", overflow="fold", max_width=None if wide else 26)
+    table.add_column("images", justify="right")
+    table.add_column("status")
+    table.add_column("written (in the output folder) or why not", overflow="fold")
     for entry in report.series:
-        detail = entry.reason or ", ".join(entry.outputs)
+        name = entry.description or entry.modality or "series"
+        series = f"{name}\n{entry.key if wide else short_uid(entry.key)}" if entry.key else name
+        if entry.modality and entry.modality not in name:
+            series = f"{entry.modality} {series}"
+        detail = entry.reason or _written(entry, wide)
         if entry.findings and entry.status.value == "succeeded":  # what the loader corrected (missing slices, ...)
-            detail += " [" + "; ".join(entry.findings) + "]"
-        if entry.notes:
-            detail += " (" + "; ".join(n for n in entry.notes if "\n" not in n) + ")"
-        table.add_row(entry.key[-40:], entry.modality, str(entry.images), entry.status.value, detail)
+            detail += "\n[" + "; ".join(entry.findings) + "]"
+        notes = [n for n in entry.notes if "\n" not in n]
+        if notes:
+            detail += "\n(" + "; ".join(notes) + ")"
+        table.add_row(series, str(entry.images), entry.status.value, detail)
     console.print(table)
     for item in report.unreadable[:10]:  # each reason starts with the file's path
         console.print(f"unreadable: {item['reason']}", soft_wrap=True, highlight=False)
@@ -235,6 +320,7 @@ def print_run_summary(report: Any) -> None:
     summary = report.summary()
     console.print(
         f"{summary['succeeded']} succeeded, {summary['failed']} failed, {summary['skipped']} skipped, "
-        f"{summary['rejected']} not suitable; {len(report.unreadable)} unreadable files, "
-        f"{report.non_dicom_files} non-DICOM files. Report: {Path(report.output) / 'medhub-report.json'}"
+        f"{summary['rejected']} rejected; {len(report.unreadable)} unreadable files, "
+        f"{report.non_dicom_files} non-DICOM files. Report: {Path(report.output) / 'medhub-report.json'}",
+        markup=False, highlight=False,
     )

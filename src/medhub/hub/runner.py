@@ -33,6 +33,7 @@ import numpy as np
 from medhub.data.prediction import Prediction
 from medhub.data.volume import Volume
 from medhub.errors import MedhubError
+from medhub.hub.weight_store import install_hint, medhub_extra_command
 
 if TYPE_CHECKING:
     from medhub.hub.card import ModelCard
@@ -116,7 +117,7 @@ def require_module(module: str, model_id: str, *, pip_name: str | None = None, e
             raise MedhubError(
                 f"model {model_id}: the package '{package}' is installed but cannot be imported ({exc})"
             ) from None
-        hint = f"pip install 'medhub[{extra}]'" if extra else f"pip install '{package}'"
+        hint = medhub_extra_command(extra) if extra else install_hint(package)
         raise MedhubError(f"model {model_id} needs the package '{package}' ({hint})") from None
 
 

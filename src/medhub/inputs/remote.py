@@ -42,6 +42,27 @@ def check_push_url(url: str) -> None:
         raise MedhubError(f"cannot push to {label(url)}: expected {PUSH_FORMS}")
 
 
+def probe_push(url: str) -> None:
+    """Prove before any work that a push destination answers and accepts medhub; one line naming it otherwise.
+
+    DICOMweb: a cheap QIDO-RS question with the credentials the push will send (401/403: refused);
+    DIMSE: an association and a C-ECHO with medhub's AE title (an unknown AE title is refused).
+    """
+    check_push_url(url)
+    try:
+        if dicomweb.is_dicomweb_url(url):
+            target = dicomweb.DicomwebPush(dicomweb.parse_dicomweb_url(url))
+            try:
+                target.open([])
+            finally:
+                target.close()
+        else:
+            dimse.echo(url)
+    except MedhubError as exc:
+        raise MedhubError(f"--push {label(url).split('?')[0]}: {exc} (checked before the run; nothing was done)"
+                          ) from None
+
+
 def fetch(url: str, dest_dir: Path, progress: dicomweb.FetchProgress | None = None,
           move_to: str | None = None, move_port: int | None = None) -> Path:
     """Copy the series a PACS URL selects into ``dest_dir/<series uid>/`` (see each protocol's ``fetch_input``)."""

@@ -60,7 +60,31 @@ def render_template(template: str, fields: dict[str, object]) -> Path:
             f"output template {template!r} uses unknown field {exc.args[0]!r}; "
             f"known fields: {', '.join(TEMPLATE_FIELDS)}"
         ) from None
+    except (ValueError, IndexError, AttributeError) as exc:  # "{series_uid", "{0}", "{model.x}"
+        raise MedhubError(f"output template {template!r} is not a valid template ({exc}); "
+                          f"write fields as {{series_uid}}, known fields: {', '.join(TEMPLATE_FIELDS)}") from None
     path = Path(rendered)
     if path.is_absolute() or ".." in path.parts:
         raise MedhubError(f"output template {template!r} must give a relative path inside the output folder")
     return path
+
+
+def check_template(template: str) -> None:
+    """Refuse a template before any work: unknown fields, bad syntax, or a path leaving the output folder."""
+    render_template(template, dict.fromkeys(TEMPLATE_FIELDS, "x"))
+
+
+def check_distinct(templates: list[str], series_fields: dict[str, dict[str, object]]) -> None:
+    """Refuse a layout that would give two series of one run the same file (the second would replace the first).
+
+    ``series_fields`` maps each chosen series' key to its template fields.
+    """
+    for template in templates:
+        seen: dict[Path, str] = {}
+        for key, fields in series_fields.items():
+            path = render_template(template, fields)
+            if path in seen:
+                raise MedhubError(
+                    f"output template {template!r} gives the same path {path.as_posix()} to series {seen[path]} "
+                    f"and {key}: one would replace the other; add {{series_uid}} to it")
+            seen[path] = key

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,13 @@ from typing import Any
 from medhub.files import JOURNAL_NAME, append_journal, atomic_output, read_journal
 
 REPORT_NAME = "medhub-report.json"
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    """A time as ISO 8601 in UTC with milliseconds (``2026-11-01T10:15:02.123Z``): the report's and the server's."""
+    if not timestamp:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Status(StrEnum):
@@ -125,6 +133,7 @@ class RunReport:
         data = asdict(self)
         data["summary"] = self.summary()
         data["duration_s"] = round(self.finished - self.started, 3) if self.finished else None
+        data["started"], data["finished"] = iso_time(self.started), iso_time(self.finished)
         return data
 
     def write(self, output_dir: Path) -> Path:

@@ -20,10 +20,11 @@ from medhub.data.series import Series
 from medhub.errors import MedhubError, SeriesSkipped
 from medhub.files import OutputFolder, check_output_location, new_run_token, writing_as
 from medhub.hub.devices import check_device
+from medhub.hub.envs import check_env_built
 from medhub.hub.workflow import Workflow
 from medhub.inputs.load import missing_uids
 from medhub.inputs.scan import scan
-from medhub.pipeline.layout import DEFAULT_TEMPLATE
+from medhub.pipeline.layout import DEFAULT_TEMPLATE, check_distinct
 from medhub.pipeline.progress import ProgressSink, SilentProgress
 from medhub.pipeline.report import Journal, RunReport, SeriesEntry, Status
 from medhub.pipeline.steps import STEPS, SeriesWork, SourceKind, StepName, model_outputs, series_steps
@@ -115,6 +116,7 @@ class Pipeline:
         """
         self.options.device = self.report.device = check_device(self.options.device, self.model.card)  # before any work
         check_workflow(self.workflow, self.model.card)  # before any work: one line naming the key
+        check_env_built(self.model.card)  # a model that runs in its own environment: built by `medhub pull`, never here
         source = self.options.input_path
         if not source.exists():
             raise MedhubError(f"input not found: {source}")
@@ -174,6 +176,7 @@ class Pipeline:
             raise MedhubError(
                 f"no series in {root} matches model {self.model.card.id}: " + "; ".join(reasons[:3])
             )
+        check_distinct(self._templates(), {series.key: self._template_fields(series) for series in selection.chosen})
         todo = self._resume(selection.chosen)
         for entry in self.options.executor.map(self, todo):
             self._finish(entry)
@@ -182,6 +185,12 @@ class Pipeline:
             reasons = list(dict.fromkeys(e.reason for e in chosen))
             raise MedhubError(f"none of the {len(chosen)} chosen series succeeded: {'; '.join(reasons[:3])}"
                               if len(chosen) > 1 else f"the chosen series did not succeed: {reasons[0]}")
+
+    def _templates(self) -> list[str]:
+        """The run's template and every step's own ``path`` template: each must give each series its own files."""
+        paths = [str(self.workflow.params(name).get("path")) for name in self.steps
+                 if self.workflow.params(name).get("path")]
+        return [self.options.template, *paths]
 
     def fingerprint(self) -> str:
         """What makes two runs' outputs interchangeable: medhub, the model (version, weights), workflow, layout."""

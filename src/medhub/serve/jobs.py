@@ -22,7 +22,6 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from medhub.errors import MedhubError
 from medhub.hub.catalog import ModelEntry, get_model
 from medhub.hub.devices import check_card_device
+from medhub.hub.envs import check_env_built
 from medhub.hub.workflow import Workflow, selection_rules
 from medhub.inputs.scan import scan
 from medhub.inputs.select import select
 from medhub.pipeline.layout import result_kind
 from medhub.pipeline.report import REPORT_NAME, Status
+from medhub.pipeline.report import iso_time as iso
 from medhub.pipeline.run import Pipeline, RunOptions
 from medhub.pipeline.steps import StepName
 from medhub.pipeline.workflows import resolve_workflow
@@ -155,12 +156,6 @@ def redact(value: Any, prefixes: list[str]) -> Any:
     return value
 
 
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def read_report(output_dir: Path) -> dict[str, Any] | None:
     path = output_dir / REPORT_NAME
     try:
@@ -276,6 +271,7 @@ class JobService:
         try:
             entry = get_model(model)
             check_card_device(self.settings.device, entry.card)
+            check_env_built(entry.card)  # a job never builds a model's environment: `medhub pull` on the server does
         except MedhubError as exc:
             raise ApiError(422, str(exc)) from None
         options = parse_options(options_text)

