@@ -99,6 +99,10 @@ def _run(model: str, input: str | None, output: Path, workflow: str | None, conf
                           "or use --sample")
     if (move_to is not None or move_port is not None) and not str(input or "").lower().startswith("dimse:"):
         raise MedhubError("--move-to and --move-port apply to dimse:// inputs only")
+    if push is not None:
+        from medhub.inputs.remote import check_push_url
+
+        check_push_url(push)  # a typo in the URL: before anything touches a disk or the network
     check_template(template or DEFAULT_TEMPLATE)
     _check_output(input, output)
     if push is not None:
