@@ -21,7 +21,8 @@ from medhub.errors import MedhubError
 def run(
     model: Annotated[str, typer.Argument(help="Model name, e.g. deepbet or ct-body (see `medhub models`).")],
     input: Annotated[str | None, typer.Option(
-        "--input", "-i", help="DICOM folder, NIfTI, or a URL: dicomweb://HOST/PATH?study=UID, "
+        "--input", "-i", help="DICOM folder, a .zip/.tar/.tar.gz of DICOM, NIfTI, or a URL: "
+        "dicomweb://HOST/PATH?study=UID, "
         "dimse://AET@HOST:PORT?study=UID, idc://series/UID."
     )] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("medhub-out"),
@@ -128,9 +129,11 @@ def _run(model: str, input: str | None, output: Path, workflow: str | None, conf
                 source = keep_sample(output, entry.card.id)
         else:
             source, scratch, provenance = _resolve_input(str(input), progress, move_to, move_port)
+        archive = Path(str(input)) if provenance and provenance[0].get("source") == "archive" else None
         options = RunOptions(input_path=source, output_dir=output, workflow=chosen, device=device,
                              template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug,
                              resume=resume, input_label=_input_label(input, sample, source, output),
+                             input_record=archive,
                              input_provenance=provenance, input_in_output=sample, output_folder=claimed)
         if scheduler or workers:
             from medhub.pipeline.cluster import DaskExecutor
@@ -219,7 +222,9 @@ def _resolve_input(value: str, progress: Any, move_to: str | None = None,
                    move_port: int | None = None) -> tuple[Path, Path | None, list[dict[str, Any]]]:
     """The folder or file to run on, the scratch folder to remove afterwards (or None), and the input's provenance.
 
-    A local path is used as is; a dicomweb:// or dimse:// URL is fetched (QIDO-RS + WADO-RS, or
+    A local folder or NIfTI file is used as is; an archive (``.zip``, ``.tar``, ``.tar.gz``) is unpacked
+    into a scratch folder with the checks of ``medhub serve``'s uploads (:mod:`medhub.inputs.archives`);
+    a dicomweb:// or dimse:// URL is fetched (QIDO-RS + WADO-RS, or
     C-FIND + C-GET / C-MOVE) into a scratch folder; an idc:// URL is resolved in IDC's index and
     fetched into the IDC cache, which the run reads in place and never removes.
     """
@@ -244,7 +249,23 @@ def _resolve_input(value: str, progress: Any, move_to: str | None = None,
     path = Path(value)
     if not path.exists():
         raise MedhubError(f"input not found: {value}")
+    if path.is_file() and not is_nifti_name(path.name):
+        from medhub.inputs.archives import archive_kind, unpack
+
+        if archive_kind(path) is not None:  # series.zip, .tar, .tar.gz: unpacked with the server's checks
+            folder = Path(tempfile.mkdtemp(prefix="medhub-archive-"))
+            try:
+                files = unpack(path, folder)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            progress.event("unpacked", archive=str(path), files=files)
+            return folder, folder, [{"source": "archive", "archive": str(path.resolve()), "files": files}]
     return path, None, []
+
+
+def is_nifti_name(name: str) -> bool:
+    return name.lower().endswith((".nii", ".nii.gz"))
 
 
 def _push(report: Any, output: Path, url: str) -> None:

@@ -67,6 +67,7 @@ def view(
     url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
     cache = Path(tempfile.mkdtemp(prefix="medhub-view-"))
     try:
+        source = _unpacked(source, cache)  # a run on series.zip: its images, unpacked again (nothing kept)
         server = uvicorn.Server(uvicorn.Config(create_view_app(output, source, cache), log_level="debug" if debug
                                                else "warning", timeout_graceful_shutdown=5))
         typer.echo(f"medhub view: {url}  (results of {output}; Ctrl-C to stop)", err=False)
@@ -81,6 +82,16 @@ def view(
     finally:
         listener.close()
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def _unpacked(source: Path, cache: Path) -> Path:
+    """The images of an archive input, unpacked into the view's temporary folder; any other input as it is."""
+    from medhub.inputs.archives import archive_kind, unpack
+
+    if not source.is_file() or source.name.lower().endswith((".nii", ".nii.gz")) or archive_kind(source) is None:
+        return source
+    unpack(source, cache / "input")
+    return cache / "input"
 
 
 def _open_when_up(server: object, url: str) -> None:

@@ -71,6 +71,7 @@ class RunOptions:
     executor: SeriesExecutor = field(default_factory=InProcess)  # e.g. medhub.pipeline.cluster.DaskExecutor
     scan_workers: int | None = None  # processes reading headers (None: MEDHUB_SCAN_WORKERS, else in this process)
     input_label: str | None = None  # how the report names the input (a DICOMweb URL rather than its download folder)
+    input_record: Path | None = None  # what the report records as read, when input_path is a scratch copy (an archive)
     input_provenance: list[dict[str, Any]] = field(default_factory=list)  # where the input came from (IDC series, ...)
     input_in_output: bool = False  # the input is medhub's own copy inside the output folder (--sample)
     output_folder: OutputFolder | None = None  # claimed by the caller (it wrote into it before the run: --sample)
@@ -95,7 +96,7 @@ class Pipeline:
             workflow=self.workflow.general.name,
             input=options.input_label or str(options.input_path),
             output=str(options.output_dir),
-            input_path=_where(options.input_path, options.output_dir),
+            input_path=_where(options.input_record or options.input_path, options.output_dir),
             device=options.device,
             input_provenance=list(options.input_provenance),
         )
