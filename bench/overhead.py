@@ -320,18 +320,24 @@ def targets(cases: dict[str, Case], work: Path, facts: dict[str, object]) -> lis
         mine, write = cpu[SEG_MEDHUB], _step_cpu(cases[SEG_MEDHUB], "write")
         valid = seg_errors == 0 and seg_diff == 0
         lines.append(f"1. SEG writing (300 slices, 10 segments, 784 frames; dciodvfy errors {seg_errors}, "
-                     f"voxels differing {seg_diff}):")
+                     f"voxels differing {seg_diff}), as the issue compares it: medhub's write step "
+                     f"({write:.2f} s CPU) against the peers' writing:")
         if SEG_DCMQI in cpu:
-            ratio = cpu[SEG_DCMQI] / mine
-            lines.append(f"   dcmqi itkimage2segimage / medhub, whole processes: {ratio:.1f}x (target >=3x) "
-                         f"{_verdict(ratio >= 3 and valid)}   [wall {wall[SEG_DCMQI] / wall[SEG_MEDHUB]:.1f}x; "
-                         f"dcmqi's whole process / medhub's write step: {cpu[SEG_DCMQI] / write:.1f}x]")
+            ratio = cpu[SEG_DCMQI] / write
+            lines.append(f"   dcmqi itkimage2segimage (whole process, its reading included) / medhub's write step: "
+                         f"{ratio:.1f}x (target >=3x) {_verdict(ratio >= 3 and valid)}")
         if SEG_HIGHDICOM in cpu:
-            ratio = cpu[SEG_HIGHDICOM] / mine
             build = _step_cpu(cases[SEG_HIGHDICOM], "Segmentation()") + _step_cpu(cases[SEG_HIGHDICOM], "save_as")
-            lines.append(f"   highdicom / medhub, whole processes: {ratio:.1f}x (target >=3x) "
-                         f"{_verdict(ratio >= 3 and valid)}   [Segmentation() + save_as {build:.2f} s / medhub's "
-                         f"write step {write:.2f} s = {build / write:.1f}x]")
+            ratio = build / write
+            lines.append(f"   highdicom Segmentation() + save_as ({build:.2f} s) / medhub's write step: {ratio:.1f}x "
+                         f"(target >=3x) {_verdict(ratio >= 3 and valid)}")
+        peers = [(name, cpu[key]) for name, key in (("dcmqi", SEG_DCMQI), ("highdicom", SEG_HIGHDICOM)) if key in cpu]
+        if peers:
+            # Not the target's measure, shown so that nothing is hidden: python start, pydicom and nibabel
+            # imports, reading 300 headers and gunzipping the label map are most of either Python process.
+            lines.append("   for reference, whole processes (reading included): "
+                         + "; ".join(f"{name} / medhub {value / mine:.1f}x" for name, value in peers)
+                         + f" [medhub's process {mine:.2f} s, of which writing {write:.2f} s]")
     if chain and floor and MEDHUB_MAIN in cpu:
         ratio, floor_ratio = cpu[chain] / cpu[MEDHUB_MAIN], cpu[MEDHUB_MAIN] / cpu[floor]
         lines.append(f"2. MHub chain / medhub = {ratio:.1f}x (target >=10x) {_verdict(ratio >= 10)}   "
@@ -346,8 +352,9 @@ def targets(cases: dict[str, Case], work: Path, facts: dict[str, object]) -> lis
     cli = {k: v for k, v in wall.items() if k.startswith(CLI_PREFIX)}
     if cli:
         worst = max(cli.values())
-        lines.append("4. CLI, wall: " + ", ".join(f"`{k}` {v:.2f} s" for k, v in cli.items())
-                     + f" (target <=0.3 s each) {_verdict(worst <= 0.3)}")
+        lines.append("4. CLI, wall (CPU): " + ", ".join(f"`{k.removeprefix('CLI: ')}` {v:.2f} s ({cpu[k]:.2f})"
+                                                   for k, v in cli.items())
+                     + f" (target <=0.3 s wall each) {_verdict(worst <= 0.3)}")
     if RT_MEDHUB in cpu and RT_RTUTILS in cpu:
         ratio = cpu[RT_RTUTILS] / cpu[RT_MEDHUB]
         errors = facts.get("dciodvfy errors: medhub RTSTRUCT")
