@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
@@ -335,11 +336,13 @@ def _raw_us(ds: Dataset, tag: int) -> int:
     if tag not in ds:
         return 0
     elem = ds.get_item(tag)
-    value = elem.value
+    value = elem.value if isinstance(elem, DataElement | RawDataElement) else None
     if isinstance(value, bytes):
         if len(value) < 2:
             return 0
-        return struct.unpack("<H" if elem.is_little_endian else ">H", value[:2])[0]
+        # A raw element knows its byte order; a converted one with bytes (OB/UN) has the file's.
+        little = elem.is_little_endian if isinstance(elem, RawDataElement) else ds.original_encoding[1] is not False
+        return int(struct.unpack("<H" if little else ">H", value[:2])[0])
     try:
         return int(value)
     except (TypeError, ValueError):

@@ -64,11 +64,11 @@ def _stored_value(header: Dataset, tag: int) -> int | None:
         value = header[tag].value
     except Exception:  # noqa: BLE001 - an unreadable value declares no padding
         return None
-    if isinstance(value, bytes):
+    if isinstance(value, bytes):  # an OB/UN element, or US/SS left undecided: the file's byte order
         if len(value) < 2:
             return None
         signed = str(header.get("PixelRepresentation", 0)) == "1"
-        little = header[tag].is_little_endian is not False
+        little = header.original_encoding[1] is not False
         return int(struct.unpack(("<" if little else ">") + ("h" if signed else "H"), value[:2])[0])
     if not isinstance(value, str | int) and hasattr(value, "__len__"):  # multi-valued: the standard allows one
         value = value[0] if len(value) else None
