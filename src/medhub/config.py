@@ -124,7 +124,7 @@ def settings(env: Mapping[str, str] | None = None) -> Settings:
         isolation=_isolation(text(ISOLATION)),
         heads=Path(text(HEADS) or data_home / "medhub" / "heads").expanduser(),
         scan_workers=_positive_int(SCAN_WORKERS, text(SCAN_WORKERS) or "1"),
-        memory_budget=_bytes(MEMORY_BUDGET, text(MEMORY_BUDGET)) if text(MEMORY_BUDGET) else _half_the_ram(),
+        memory_budget=_bytes(MEMORY_BUDGET, budget) if (budget := text(MEMORY_BUDGET)) else _half_the_ram(),
         dicomweb_token=text(DICOMWEB_TOKEN),
         dicomweb_user=text(DICOMWEB_USER),
         dicomweb_password=env.get(DICOMWEB_PASSWORD, ""),

@@ -86,7 +86,7 @@ def tilt_angle(positions: np.ndarray, orientation: np.ndarray) -> float:
     """
     positions = np.asarray(positions, dtype=float).reshape(-1, 3)
     step = positions[-1] - positions[0]
-    length = np.linalg.norm(step)
+    length = float(np.linalg.norm(step))
     if length == 0:
         return 0.0
     cosine = abs(float(step @ slice_normal(orientation))) / length

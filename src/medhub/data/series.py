@@ -71,9 +71,10 @@ class Instance:
         return f"Instance({str(self.path)!r}, sop_instance_uid={self.sop_instance_uid!r})"
 
 
-def _int_or_none(value: object) -> int | None:
+def _int_or_none(value: Any) -> int | None:
+    """A header value as int, None when it is none (any type: int() decides)."""
     try:
-        return int(value)  # type: ignore[arg-type]
+        return int(value)
     except (TypeError, ValueError):
         return None
 

@@ -158,7 +158,10 @@ class IdcIndex:
         except ImportError as exc:
             raise MedhubError(
                 f"IDC support needs the idc extra ({exc.name} is missing): pip install 'medhub[idc]'") from None
-        self.parquet = Path(parquet or idc_index_data.IDC_INDEX_PARQUET_FILEPATH)
+        parquet = parquet or idc_index_data.IDC_INDEX_PARQUET_FILEPATH
+        if parquet is None:  # the package's data file is missing (a broken install)
+            raise MedhubError("idc-index-data has no index file: pip install --force-reinstall idc-index-data")
+        self.parquet = Path(parquet)
         self.data_version = str(idc_index_data.__version__)
         self._connection = duckdb.connect()
         path = str(self.parquet).replace("'", "''")

@@ -202,7 +202,7 @@ def _assemble(series: Series, plan: _Plan, pixels: dict[tuple[str, int | None], 
         findings.append(padding_note.format(background=_background_text(modality, array)))
     source = SourceGrid(
         planes=[SourcePlane(dataset=_header_for_results(f.instance.header, plan), frame_number=f.frame,
-                            position=f.position) for f in plan.frames],
+                            position=_position(f)) for f in plan.frames],
         orientation=orientation,
         pixel_spacing=plan.pixel_spacing,
         rows=plan.rows,
@@ -341,7 +341,9 @@ def _check_into(series: Series, plan: _Plan, max_missing: int, undecodable: dict
     plan.rows, plan.columns = _size(series.instances)
     _check_consistency(frames)
     plan.orientation, plan.normalised = _orthonormal(frames, plan.check)
-    plan.pixel_spacing = frames[0].pixel_spacing  # type: ignore[assignment]
+    pixel_spacing = frames[0].pixel_spacing
+    assert pixel_spacing is not None  # _check_consistency skipped the series otherwise
+    plan.pixel_spacing = pixel_spacing
     frames = _without_unusable(frames, undecodable, plan)
     if not frames:
         raise _Skip(f"no usable slice: {_summary(plan.left_out)}")
@@ -514,11 +516,17 @@ def _resolve_reused_uids(frames: list[_Frame], plan: _Plan) -> list[_Frame]:
     return [f for f in frames if id(f) not in dropped]
 
 
+def _position(frame: _Frame) -> np.ndarray:
+    """A checked frame's position: ``_check_consistency`` skips a series with a frame without one."""
+    assert frame.position is not None
+    return frame.position
+
+
 def _group_positions(frames: list[_Frame]) -> list[list[_Frame]]:
     """Runs of sorted frames at the same 3D position."""
     groups: list[list[_Frame]] = []
     for frame in frames:
-        if groups and np.linalg.norm(frame.position - groups[-1][0].position) < geometry.SAME_POSITION_MM:
+        if groups and np.linalg.norm(_position(frame) - _position(groups[-1][0])) < geometry.SAME_POSITION_MM:
             groups[-1].append(frame)
         else:
             groups.append([frame])

@@ -73,6 +73,6 @@ def _stored_value(header: Dataset, tag: int) -> int | None:
     if not isinstance(value, str | int) and hasattr(value, "__len__"):  # multi-valued: the standard allows one
         value = value[0] if len(value) else None
     try:
-        return int(value)  # type: ignore[arg-type]
+        return int(value)
     except (TypeError, ValueError, OverflowError):
         return None

@@ -92,7 +92,7 @@ def _read_with_pydicom(instance: Instance, rows: int, columns: int) -> np.ndarra
     except Exception as error:  # noqa: BLE001 - a broken file fails its series (exit code 1), not the run
         raise PixelReadError(path, f"cannot read {path}: {first_line(error)}") from error
     if "TransferSyntaxUID" not in dataset.file_meta:  # no file meta (implicit VR, no preamble): as the scan found it
-        dataset.file_meta.TransferSyntaxUID = instance.transfer_syntax_uid or ImplicitVRLittleEndian
+        dataset.file_meta.TransferSyntaxUID = UID(instance.transfer_syntax_uid or ImplicitVRLittleEndian)
     if not any(k in dataset for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise PixelReadError(path, f"no pixel data in {path.name}")
     syntax = str(dataset.file_meta.TransferSyntaxUID)
@@ -223,8 +223,8 @@ def _native_layout(header: Dataset, syntax: str | None) -> _Layout | None:
     length = rows * columns * frames * (bits // 8)
     padded = length + (length & 1)
     if syntax == ExplicitVRLittleEndian:
-        element = (_PIXEL_DATA_TAG + (b"OB" if bits == 8 else b"OW"), _PIXEL_DATA_TAG + b"OB", _PIXEL_DATA_TAG + b"OW")
-        element = tuple(e + b"\0\0" + padded.to_bytes(4, "little") for e in element)
+        vrs = (b"OB" if bits == 8 else b"OW", b"OB", b"OW")
+        element: tuple[bytes, ...] = tuple(_PIXEL_DATA_TAG + vr + b"\0\0" + padded.to_bytes(4, "little") for vr in vrs)
     else:
         element = (_PIXEL_DATA_TAG + padded.to_bytes(4, "little"),)
     dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}").newbyteorder("<")

@@ -161,7 +161,7 @@ def slice_thickness(series: Series) -> float | None:
             candidates.append(measures[0].get("SliceThickness"))
     for value in candidates:
         try:
-            thickness = float(value)  # type: ignore[arg-type]
+            thickness = float(value)
         except (TypeError, ValueError):
             continue
         if thickness > 0:

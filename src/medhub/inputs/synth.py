@@ -18,6 +18,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
@@ -135,7 +136,7 @@ unless ``laterality`` is given. MR files carry
     now = acquired or dt.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
-    def new_uid(*parts: object) -> str:
+    def new_uid(*parts: object) -> UID:
         if uid_seed is None:
             return generate_uid()
         return generate_uid(entropy_srcs=[uid_seed, *(str(part) for part in parts)])
