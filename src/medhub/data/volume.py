@@ -81,7 +81,8 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size along x, y, z in mm."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine_lps[:3, :3], axis=0))  # type: ignore[return-value]
+        x, y, z = (float(v) for v in np.linalg.norm(self.affine_lps[:3, :3], axis=0))
+        return x, y, z
 
     @property
     def voxel_volume_ml(self) -> float:

@@ -111,7 +111,7 @@ def distinct_colors(colors: Mapping[int, RGB], pairs: set[tuple[int, int]] | Non
     candidates_grey = _from_grey(candidates_lab)
     order = sorted(colors, key=lambda label: (-(sizes or {}).get(label, 0), label))
     for label in order:
-        color: RGB = tuple(int(c) for c in colors[label])  # type: ignore[assignment]
+        color = _rgb(colors[label])
         lab = to_lab(np.array([color]))[0]
         near = [chosen_lab[other] for other in chosen_lab
                 if pairs is None or (min(label, other), max(label, other)) in pairs]
@@ -123,10 +123,16 @@ def distinct_colors(colors: Mapping[int, RGB], pairs: set[tuple[int, int]] | Non
             like = _differences(candidates_lab, lab[None])[:, 0]  # how close each candidate is to the database colour
             far_enough = (apart >= min_delta_e) & (candidates_grey >= min_grey_delta_e)
             best = int(np.argmin(np.where(far_enough, like, np.inf))) if far_enough.any() else int(np.argmax(apart))
-            color, lab = tuple(int(c) for c in candidates_rgb[best]), candidates_lab[best]  # type: ignore[assignment]
+            color, lab = _rgb(candidates_rgb[best]), candidates_lab[best]
         chosen[label] = color
         chosen_lab[label] = lab
     return {label: chosen[label] for label in sorted(chosen)}
+
+
+def _rgb(values: RGB | np.ndarray) -> RGB:
+    """Three plain ints (numpy integers are not JSON- or DICOM-ready)."""
+    red, green, blue = (int(c) for c in values)
+    return red, green, blue
 
 
 def _from_grey(lab: np.ndarray) -> np.ndarray:

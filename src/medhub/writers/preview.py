@@ -129,6 +129,16 @@ def _crop_around(tile: Image.Image, label_tile: np.ndarray, size: tuple[int, int
     return tile.crop((left, top, left + width, top + height))
 
 
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's bundled font at ``size``. Without FreeType Pillow gives a fixed bitmap font instead,
+    which cannot anchor text (the orientation letters): say so rather than fail inside Pillow."""
+    font = ImageFont.load_default(size=size)
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        raise MedhubError("the preview needs Pillow with FreeType support (every Pillow wheel has it): "
+                          "pip install --force-reinstall pillow")
+    return font
+
+
 def _letters(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], plane: str, font: ImageFont.FreeTypeFont
              ) -> None:
     left, top, right, bottom = box
@@ -155,14 +165,15 @@ def render_preview(volume: Volume, labels: np.ndarray, segments: Mapping[int, Se
         raise MedhubError("preview: label values above 255 cannot be shown")
     image_lps, affine = to_lps(np.asarray(volume.array), volume.affine_lps)
     labels_lps = np.ascontiguousarray(to_lps(labels.astype(np.uint8), volume.affine_lps)[0])  # fast counting
-    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    sx, sy, sz = (float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    spacing = (sx, sy, sz)
     counts = np.bincount(labels_lps.ravel(), minlength=256)
     colors = display_colors(labels_lps, {label: spec.color for label, spec in segments.items()})
     lut = np.zeros((256, 3), dtype=np.uint8)
     for label, color in colors.items():
         lut[label] = color
     window = _window(volume, image_lps)
-    font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
+    font, small = _font(14), _font(12)
 
     tiles: dict[str, list[tuple[int, Image.Image]]] = {}
     for plane in PLANES:
@@ -171,8 +182,9 @@ def render_preview(volume: Volume, labels: np.ndarray, segments: Mapping[int, Se
                         for index in slice_positions(labels_lps, plane)]
 
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    legend = [(colors[label], f"{segments[label].name}  {counts[label] * voxel_ml:,.1f} ml")
-              for label in sorted(segments) if counts[label]]
+    legend: list[tuple[tuple[int, int, int] | None, str]] = [
+        (colors[label], f"{segments[label].name}  {counts[label] * voxel_ml:,.1f} ml")
+        for label in sorted(segments) if counts[label]]
     if not legend:
         legend = [(None, "no segment found")]
     line = 20
@@ -197,12 +209,12 @@ def render_preview(volume: Volume, labels: np.ndarray, segments: Mapping[int, Se
             y0 = box_top + (TILE - tile.height) // 2
             canvas.paste(tile, (x0, y0))
             _letters(draw, (x0, y0, x0 + tile.width, y0 + tile.height), plane, small)
-    for number, (color, text) in enumerate(legend):
+    for number, (swatch, text) in enumerate(legend):
         column, place = divmod(number, per_column)
         x = LEGEND_LEFT + column * column_width
         y = header + 4 + place * line
-        if color is not None:
-            draw.rectangle((x, y + 2, x + 14, y + 16), fill=tuple(color), outline=TEXT)
+        if swatch is not None:
+            draw.rectangle((x, y + 2, x + 14, y + 16), fill=swatch, outline=TEXT)
         draw.text((x + 22, y + 2), text, fill=TEXT, font=small)
     return canvas
 

@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom.dataelem import DataElement, RawDataElement
@@ -149,7 +149,7 @@ def _write_labelmap(
     descriptions = [
         _segment_description(number, specs[value], algorithm) for number, value in enumerate(label_values, start=1)
     ]
-    kwargs = {
+    kwargs: dict[str, Any] = {  # highdicom's keyword arguments, each of its own type
         **device_info().as_highdicom_kwargs(),
         "specific_character_set": output_character_set(source_images[0]),
         "content_label": content_label,
@@ -273,7 +273,8 @@ def _arrange_frames(source: SourceGrid, where: str) -> tuple[list[Dataset], list
         if len(datasets) != len(source.planes):
             raise MedhubError(f"{where}: a single-frame source image is used by more than one plane")
         return datasets, None
-    if any(number is None for number in frame_numbers) or len(datasets) != 1:
+    numbers = [number for number in frame_numbers if number is not None]
+    if len(numbers) != len(frame_numbers) or len(datasets) != 1:
         raise MedhubError(
             f"{where}: planes must come from one multi-frame image or from single-frame images only "
             f"(got {len(datasets)} images, {sum(n is None for n in frame_numbers)} planes without a frame)"
@@ -285,21 +286,21 @@ def _arrange_frames(source: SourceGrid, where: str) -> tuple[list[Dataset], list
             "groups (plane positions); read its header without stop_before_pixels, which drops them"
         )
     n_frames = len(dataset.PerFrameFunctionalGroupsSequence)
-    if not all(1 <= n <= n_frames for n in frame_numbers) or len(set(frame_numbers)) != len(frame_numbers):
+    if not all(1 <= n <= n_frames for n in numbers) or len(set(numbers)) != len(numbers):
         raise MedhubError(f"{where}: plane frame numbers {frame_numbers} do not fit {n_frames} unique frames")
     shared = dataset.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in dataset else Dataset()
     positions = []
-    for number in frame_numbers:
+    for number in numbers:
         item = dataset.PerFrameFunctionalGroupsSequence[number - 1]
         group = item if "PlanePositionSequence" in item else shared
         if "PlanePositionSequence" not in group:
             raise MedhubError(f"{where}: frame {number} of the multi-frame source has no Plane Position")
         position = [float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient]
         positions.append(hd.PlanePositionSequence(coordinate_system="PATIENT", image_position=position))
-    return [_with_shared_geometry(dataset, source, where)], positions
+    return [_with_shared_geometry(dataset, source, numbers, where)], positions
 
 
-def _with_shared_geometry(dataset: Dataset, source: SourceGrid, where: str) -> Dataset:
+def _with_shared_geometry(dataset: Dataset, source: SourceGrid, frame_numbers: list[int], where: str) -> Dataset:
     """A view of a multi-frame header whose shared functional groups carry the grid's geometry.
 
     highdicom reads pixel spacing and orientation of a multi-frame source only from the
@@ -314,8 +315,8 @@ def _with_shared_geometry(dataset: Dataset, source: SourceGrid, where: str) -> D
     if "PixelMeasuresSequence" in shared and "PlaneOrientationSequence" in shared:
         return dataset
     thickness = None
-    for plane in source.planes:
-        item = dataset.PerFrameFunctionalGroupsSequence[plane.frame_number - 1]
+    for number in frame_numbers:
+        item = dataset.PerFrameFunctionalGroupsSequence[number - 1]
         if "PixelMeasuresSequence" in item:
             thickness = item.PixelMeasuresSequence[0].get("SliceThickness")
             break
@@ -414,7 +415,7 @@ class _NotEncodable(Exception):
 
 
 def _encode_items(items: list[Dataset], encodings: str | list[str], cache: dict[tuple, bytes]) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     for item in items:
         charset = item.get_item(_SPECIFIC_CHARACTER_SET)
         body = _encode_dataset(item, encodings if charset is None else item.SpecificCharacterSet, cache)
@@ -426,7 +427,7 @@ def _encode_items(items: list[Dataset], encodings: str | list[str], cache: dict[
 
 
 def _encode_dataset(dataset: Dataset, encodings: str | list[str], cache: dict[tuple, bytes]) -> bytes:
-    parts = []
+    parts: list[bytes] = []
     for element in dataset.elements():
         tag = element.tag
         if tag.element == 0 and tag.group > 6:  # retired group lengths: pydicom does not write them
@@ -444,6 +445,7 @@ def _encode_dataset(dataset: Dataset, encodings: str | list[str], cache: dict[tu
         if isinstance(element, RawDataElement) or vr is None or len(vr) != 2:
             raise _NotEncodable(tag)
         value = element.value
+        key: tuple[Any, ...] | None
         if isinstance(value, MultiValue | list | tuple):
             key = (tag, vr, str(encodings), tuple(type(v).__name__ + ":" + str(v) for v in value))
         elif isinstance(value, bytes | str | int | float) or value is None:

@@ -51,6 +51,7 @@ from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage, generate_uid
 from pydicom.valuerep import format_number_as_ds, validate_value
 
@@ -229,7 +230,7 @@ def encode_binary_seg(
     ds.DimensionIndexSequence = _dimension_index(dimension_uid)
     ds.SharedFunctionalGroupsSequence = [_shared_groups(source, planes, len(label_values), where)]
     per_frame = _per_frame_groups(frames, planes, position_index, single_segment=len(label_values) == 1)
-    ds[0x52009230] = RawDataElement(0x52009230, "SQ", len(per_frame), per_frame, 0, False, True)
+    ds[0x52009230] = RawDataElement(Tag(0x52009230), "SQ", len(per_frame), per_frame, 0, False, True)
     return ds, PackedFrames(labels, frames, label_values, found.rows)
 
 
@@ -395,8 +396,11 @@ def _contributing_equipment(ds: Dataset, reference: Dataset) -> None:
     for keyword in ("InstitutionName", "InstitutionAddress", "StationName", "InstitutionalDepartmentName",
                     "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions"):  # fmt: skip
         value = reference.get(keyword)
-        if value not in (None, "") and not (isinstance(value, list | tuple) and not value):
-            item[reference.data_element(keyword).tag] = reference.data_element(keyword)  # type: ignore[union-attr]
+        if value in (None, "") or (isinstance(value, list | tuple) and not value):
+            continue
+        element = reference.data_element(keyword)  # None only for a keyword pydicom does not know
+        if element is not None:
+            item[element.tag] = element
     when = str(reference.get("AcquisitionDateTime", "") or "").strip()
     if not when:
         date, time = (str(reference.get(k, "") or "").strip() for k in ("AcquisitionDate", "AcquisitionTime"))
@@ -415,9 +419,9 @@ def _references(ds: Dataset, planes: list[_PlaneRef]) -> None:
         seen.setdefault(plane.sop_instance_uid, plane)
     instances = [_item(_ui(0x00081150, p.sop_class_uid) + _ui(0x00081155, p.sop_instance_uid)) for p in seen.values()]
     body = b"".join(instances)
-    ds[0x00082112] = RawDataElement(0x00082112, "SQ", len(body), body, 0, False, True)
+    ds[0x00082112] = RawDataElement(Tag(0x00082112), "SQ", len(body), body, 0, False, True)
     series = _item(_element(0x0008114A, b"SQ", body) + _ui(0x0020000E, planes[0].series_instance_uid))
-    ds[0x00081115] = RawDataElement(0x00081115, "SQ", len(series), series, 0, False, True)
+    ds[0x00081115] = RawDataElement(Tag(0x00081115), "SQ", len(series), series, 0, False, True)
 
 
 def _segment_item(number: int, spec: SegmentSpec, algorithm: AlgorithmInfo) -> Dataset:
@@ -484,9 +488,9 @@ def _shared_groups(source: SourceGrid, planes: list[_PlaneRef], segments: int, w
         orientation = _frame_attribute(dataset, number, "PlaneOrientationSequence", "ImageOrientationPatient", where)
         spacing = _frame_attribute(dataset, number, "PixelMeasuresSequence", "PixelSpacing", where)
         thickness = _frame_attribute(dataset, number, "PixelMeasuresSequence", "SliceThickness", where)
-    if orientation is None or len(orientation) != 6:  # type: ignore[arg-type]
+    if orientation is None or len(orientation) != 6:
         orientation = source.orientation
-    if spacing is None or len(spacing) != 2:  # type: ignore[arg-type]
+    if spacing is None or len(spacing) != 2:
         spacing = source.pixel_spacing
     measures = Dataset()
     if thickness in (None, ""):
@@ -494,12 +498,12 @@ def _shared_groups(source: SourceGrid, planes: list[_PlaneRef], segments: int, w
         # mean distance of adjacent planes, the slice thickness dcmqi writes from its volume's spacing.
         thickness = format_number_as_ds(_mean_step(source, where))
     measures.SliceThickness = _ds_strings([thickness])[0]
-    measures.PixelSpacing = _ds_strings(spacing)  # type: ignore[arg-type]
+    measures.PixelSpacing = _ds_strings(spacing)
     step = _even_step(source)
     if step is not None:
         measures.SpacingBetweenSlices = format_number_as_ds(step)
     shared = Dataset()
-    shared.PlaneOrientationSequence = [_dataset(ImageOrientationPatient=_ds_strings(orientation))]  # type: ignore[arg-type]
+    shared.PlaneOrientationSequence = [_dataset(ImageOrientationPatient=_ds_strings(orientation))]
     shared.PixelMeasuresSequence = [measures]
     if segments == 1:
         shared.SegmentIdentificationSequence = [_dataset(ReferencedSegmentNumber=1)]

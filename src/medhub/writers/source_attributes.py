@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import warnings
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 from pydicom.valuerep import DA, TM
 
 from medhub.data.header_view import header_view
@@ -120,7 +121,7 @@ def source_view(dataset: Dataset) -> Dataset:
 def _put(view: Dataset, keyword: str, value: object) -> None:
     """Set an element of the view as a new element: its elements are shared with the source, and
     assigning through the keyword would change the source's element in place."""
-    tag = tag_for_keyword(keyword)
+    tag = Tag(keyword)  # a keyword pydicom does not know raises here, not at write time
     view[tag] = DataElement(tag, dictionary_VR(tag), value)
 
 
