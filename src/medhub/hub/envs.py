@@ -138,7 +138,7 @@ def reused_from_main(card: Any) -> dict[str, str]:
     The main environment's version must satisfy the card: medhub does not install torch into
     a model venv, so a mismatch cannot be fixed there.
     """
-    reused = {}
+    reused: dict[str, str] = {}
     for requirement in parse_requirements(card):
         name = canonicalize_name(requirement.name)
         if name not in TORCH_FAMILY:

@@ -77,16 +77,20 @@ class WeightFile(BaseModel):
     @field_validator("name")
     @classmethod
     def _relative_name(cls, value: str) -> str:
-        """The name becomes a path under the cache: refuse anything that could escape it."""
-        parts = value.split("/")
-        if "\\" in value or PurePosixPath(value).is_absolute() or any(part in ("", ".", "..") for part in parts):
-            raise ValueError(f"weights file name must be a relative path without '..': {value!r}")
-        return value
+        return relative_weight_name(value)
 
     @field_validator("sha256")
     @classmethod
     def _lower(cls, value: str) -> str:
         return value.lower()
+
+
+def relative_weight_name(value: str) -> str:
+    """A weights file's name becomes a path under the cache: refuse anything that could escape it."""
+    parts = value.split("/")
+    if "\\" in value or PurePosixPath(value).is_absolute() or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"weights file name must be a relative path without '..': {value!r}")
+    return value
 
 
 def mirror_setting() -> str | None:
