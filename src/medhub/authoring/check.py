@@ -22,14 +22,17 @@ import difflib
 import importlib
 import json
 import math
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from packaging.requirements import Requirement
 
 from medhub.errors import MedhubError
 from medhub.hub.card import ModelCard, SampleSpec, card_problems, read_card_data
@@ -46,6 +49,7 @@ from medhub.hub.runner import Runner
 from medhub.hub.runtime import RUNNERS
 from medhub.hub.weights import WeightFile, ensure_weights
 from medhub.hub.workflow import load_workflow_file
+from medhub.inputs.nifti import read_nifti_image
 from medhub.inputs.sample import nifti_as_dicom
 from medhub.pipeline.report import Status
 from medhub.pipeline.run import RunOptions, run
@@ -105,8 +109,6 @@ def locate(target: str) -> Target:
 
 def _locate_by_name(name: str) -> Target:
     """A model of the catalog, even one whose card is broken (so check can say what is wrong)."""
-    from importlib.metadata import entry_points
-
 
     key = name.strip().lower().replace("_", "-")
     package = key.replace("-", "_")
@@ -269,10 +271,6 @@ def _check_segments(card: ModelCard) -> list[CheckResult]:
 
 
 def _check_requirements(card: ModelCard) -> list[CheckResult]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    from packaging.requirements import Requirement
-
     results = []
     for text in card.requirements:
         requirement = Requirement(text)
@@ -362,8 +360,6 @@ def sample_input(entry: ModelEntry, spec: SampleSpec, out_dir: Path) -> Path:
 
 def _fetch_sample(entry: ModelEntry, spec: SampleSpec, out_dir: Path) -> Path:
     """Fetch through the weights cache (mirror, SHA-256, resume), then unpack archives."""
-    import shutil
-
 
     assert spec.url is not None and spec.sha256 is not None
     name = spec.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "sample"
@@ -438,8 +434,6 @@ def _reference_folder(entry: ModelEntry) -> Path:
 
 
 def _write_reference(entry: ModelEntry, nifti: Path | None, values: dict[str, Any]) -> CheckResult:
-    import shutil
-
     folder = _reference_folder(entry)
     folder.mkdir(parents=True, exist_ok=True)
     if entry.card.outputs.segments and nifti is not None:
@@ -456,8 +450,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def compare_with_reference(entry: ModelEntry, nifti: Path, values: dict[str, Any]) -> list[CheckResult]:
     """Dice per segment and value tolerances against the card's reference folder (one line per finding)."""
-    import nibabel as nib
-
     card = entry.card
     assert card.sample is not None and card.sample.reference is not None
     spec = card.sample.reference
@@ -468,7 +460,7 @@ def compare_with_reference(entry: ModelEntry, nifti: Path, values: dict[str, Any
         ref_path = folder / REFERENCE_LABELS
         if not ref_path.is_file():
             return [CheckResult("reference", "fail", f"no {ref_path}: run medhub check {entry.path} --write-reference")]
-        ours, theirs = nib.load(nifti), nib.load(ref_path)
+        ours, theirs = read_nifti_image(nifti), read_nifti_image(ref_path)
         if ours.shape != theirs.shape or not np.allclose(ours.affine, theirs.affine, atol=1e-3):
             return [CheckResult("reference", "fail", f"{ref_path} is on another grid ({theirs.shape}) than the "
                                                      f"output ({ours.shape}); regenerate it from this sample")]
@@ -496,8 +488,6 @@ def compare_with_reference(entry: ModelEntry, nifti: Path, values: dict[str, Any
 
 def compare_with_card(entry: ModelEntry, nifti: Path | None, values: dict[str, Any]) -> list[CheckResult]:
     """The run against the expected values and voxel counts written in the card (one line per finding)."""
-    import nibabel as nib
-
     card = entry.card
     assert card.sample is not None and card.sample.reference is not None
     spec = card.sample.reference
@@ -506,19 +496,19 @@ def compare_with_card(entry: ModelEntry, nifti: Path | None, values: dict[str, A
     if spec.segment_voxels:
         if nifti is None:
             return [CheckResult("reference", "fail", "the run wrote no label map; segment_voxels cannot be compared")]
-        labels = np.asarray(nib.load(nifti).dataobj)
+        labels = np.asarray(read_nifti_image(nifti).dataobj)
         counts = dict(zip(*np.unique(labels, return_counts=True), strict=True))
         value_of = {segment: value for value, segment in card.outputs.segments.items()}
-        for segment_id, want in sorted(spec.segment_voxels.items()):
+        for segment_id, voxels in sorted(spec.segment_voxels.items()):
             if segment_id not in value_of:
                 results.append(CheckResult("reference", "fail", f"segment_voxels names {segment_id!r}, which is not "
                                                                 "an output segment of the card"))
                 continue
             got = int(counts.get(value_of[segment_id], 0))
-            if math.isclose(got, want, rel_tol=spec.voxel_rtol, abs_tol=0):
+            if math.isclose(got, voxels, rel_tol=spec.voxel_rtol, abs_tol=0):
                 results.append(CheckResult("reference", "ok", f"{segment_id} {got} voxels"))
             else:
-                results.append(CheckResult("reference", "fail", f"{segment_id} {got} voxels, reference {want} "
+                results.append(CheckResult("reference", "fail", f"{segment_id} {got} voxels, reference {voxels} "
                                                                 f"(rtol {spec.voxel_rtol}); {fix}"))
     for name, want in sorted(spec.values.items()):
         if name not in values:

@@ -29,14 +29,7 @@ def load_nifti(path: Path) -> Volume:
     4D images are refused because every model here takes one 3D volume.
     """
     path = Path(path)
-    try:
-        image = nib.load(path)
-    except FileNotFoundError as error:
-        raise MedhubError(f"{path}: no such file") from error
-    except Exception as error:  # noqa: BLE001 - nibabel raises many types for bad files
-        raise MedhubError(f"{path}: not a readable NIfTI file ({error})") from error
-    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
-        raise MedhubError(f"{path}: not a NIfTI image ({type(image).__name__})")
+    image = read_nifti_image(path)
     shape = image.shape
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
@@ -60,6 +53,23 @@ def load_nifti(path: Path) -> Volume:
         source=None,
         metadata={"path": str(path)},
     )
+
+
+def read_nifti_image(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """The NIfTI image at ``path`` (its header; the voxels are read on access), or a one-line error naming the file.
+
+    ``nib.load`` opens any format nibabel knows and raises many exception types for a bad file;
+    every NIfTI reader in medhub opens through here so that all say the same thing.
+    """
+    try:
+        image = nib.load(path)
+    except FileNotFoundError as error:
+        raise MedhubError(f"{path}: no such file") from error
+    except Exception as error:  # noqa: BLE001 - nibabel raises many types for bad files
+        raise MedhubError(f"{path}: not a readable NIfTI file ({error})") from error
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise MedhubError(f"{path}: not a NIfTI image ({type(image).__name__})")
+    return image
 
 
 def _check_declared_size(path: Path, image: nib.Nifti1Image, shape: tuple[int, ...]) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from medhub.data.volume import LPS_TO_RAS
 from medhub.errors import MedhubError
 from medhub.files import temporary_path
+from medhub.inputs.nifti import read_nifti_image
 from medhub.inputs.synth import write_dicom_series
 
 
@@ -73,9 +74,7 @@ def nifti_as_dicom(path: Path, out_dir: Path, *, modality: str, body_part: str =
     SEG). The voxels are stored as they are (no resampling); the UIDs derive from the voxels and
     the geometry, the dates are fixed, so a SEG made from one copy references the other.
     """
-    import nibabel as nib
-
-    image = nib.load(path)
+    image = read_nifti_image(path)
     array = np.asanyarray(image.dataobj)
     affine_lps = LPS_TO_RAS @ image.affine
     folder = out_dir / (path.name.removesuffix(".gz").removesuffix(".nii") + "_dicom")

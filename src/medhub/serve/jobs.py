@@ -32,6 +32,7 @@ from medhub.hub.catalog import ModelEntry, get_model
 from medhub.hub.devices import check_card_device
 from medhub.hub.envs import check_env_built
 from medhub.hub.workflow import Workflow, selection_rules
+from medhub.inputs.nifti import read_nifti_image
 from medhub.inputs.scan import scan
 from medhub.inputs.select import select
 from medhub.pipeline.layout import result_kind
@@ -53,9 +54,9 @@ class JobOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rtstruct: bool = Field(False, description="also write an RTSTRUCT per series")
-    labelmap: bool = Field(False, description="write a LABELMAP SEG instead of BINARY")
-    seg_nrrd: bool = Field(False, description="also write <model>.seg.nrrd, 3D Slicer's segmentation file")
+    rtstruct: bool = Field(default=False, description="also write an RTSTRUCT per series")
+    labelmap: bool = Field(default=False, description="write a LABELMAP SEG instead of BINARY")
+    seg_nrrd: bool = Field(default=False, description="also write <model>.seg.nrrd, 3D Slicer's segmentation file")
     set: list[str] = Field(default_factory=list, description="workflow overrides module.param=value")
 
 
@@ -94,13 +95,10 @@ def job_workflow(entry: ModelEntry, name: str, options: JobOptions) -> Workflow:
 def validate_input(entry: ModelEntry, workflow: Workflow, saved: SavedInput) -> dict[str, Any]:
     """Scan and select (DICOM) or read the header (NIfTI) before queueing; 422 with medhub's reason otherwise."""
     if saved.kind == "nifti":
-        import nibabel as nib
-
         try:
-            image = nib.load(saved.path)
-            shape = tuple(int(n) for n in image.shape)
-        except Exception as exc:  # noqa: BLE001 - nibabel raises many types for bad files
-            raise ApiError(422, f"{saved.path.name}: not a readable NIfTI file ({str(exc).splitlines()[0]})") from None
+            shape = tuple(int(n) for n in read_nifti_image(saved.path).shape)
+        except MedhubError as exc:  # one line naming the file; the client sees only its name
+            raise ApiError(422, str(exc).splitlines()[0].replace(str(saved.path), saved.path.name, 1)) from None
         core = shape
         while len(core) > 3 and core[-1] == 1:
             core = core[:-1]

@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from medhub.data.geometry import from_lps, to_lps
@@ -43,7 +42,7 @@ from medhub.errors import MedhubError
 from medhub.files import atomic_output, safe_component
 from medhub.hub.catalog import get_model
 from medhub.inputs.load import load_series
-from medhub.inputs.nifti import load_nifti
+from medhub.inputs.nifti import load_nifti, read_nifti_image
 from medhub.inputs.scan import scan
 from medhub.inputs.segread import read_seg_labels
 from medhub.pipeline.report import REPORT_NAME
@@ -248,10 +247,10 @@ def read_labels(path: Path, volume: Volume, model: str | None = None) -> np.ndar
             with contextlib.suppress(MedhubError):
                 label_of = {seg_id: value for value, seg_id in get_model(model).card.outputs.segments.items()}
         return read_seg_labels(path, volume, label_of).labels
+    image = read_nifti_image(path)
     try:
-        image = nib.load(path)
         labels = np.asarray(image.dataobj)
-    except Exception as error:  # noqa: BLE001 - nibabel raises many types for bad files
+    except Exception as error:  # noqa: BLE001 - a cut gzip stream raises EOFError, zlib or OSError
         raise MedhubError(f"{path.name}: not a readable NIfTI label map ({error})") from error
     labels = labels.reshape(labels.shape[:3]) if labels.ndim > 3 and math.prod(labels.shape[3:]) == 1 else labels
     if labels.ndim != 3:
