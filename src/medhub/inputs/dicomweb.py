@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import pydicom
@@ -246,14 +246,15 @@ class StreamEnd:
         original = response.iter_content
         self.complete = False
 
-        def iter_content(chunk_size: int | None = 1, decode_unicode: bool = False) -> Any:
-            tail = b""
-            for chunk in original(chunk_size=chunk_size, decode_unicode=decode_unicode):
+        def iter_content(chunk_size: int | None = 1, decode_unicode: Literal[False] = False) -> Iterator[bytes]:
+            tail = b""  # a multipart body is bytes: dicomweb-client never asks for text
+            for chunk in original(chunk_size=chunk_size):
                 tail = (tail + chunk)[-(len(closing) + 16):]
                 yield chunk
             self.complete = closing in tail
 
-        response.iter_content = iter_content  # type: ignore[method-assign]
+        # requests has no hook on the body stream: this response's own iter_content is wrapped.
+        response.iter_content = iter_content  # type: ignore[method-assign,assignment]
         return response
 
 

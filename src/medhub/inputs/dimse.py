@@ -37,8 +37,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_role, evt
-from pynetdicom.sop_class import (
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, build_role, evt
+
+# pynetdicom creates its SOP Class names at import (globals() in sop_class.py): its types cannot show them.
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -82,6 +84,8 @@ _COMMON_IMAGE_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.66.4",  # Secondary Capture, Segmentation
 )
 """Offered when an archive's C-FIND does not say the SOP classes of a series."""
+STORAGE_SOP_CLASSES: list[UID] = [c.abstract_syntax for c in AllStoragePresentationContexts if c.abstract_syntax]
+"""Every storage SOP class pynetdicom knows: what a receiver (C-MOVE destination, the listener) accepts."""
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _SUCCESS, _PENDING = 0x0000, (0xFF00, 0xFF01)
 _WARNINGS = (0x0001, 0xB000, 0xB006, 0xB007)
@@ -369,8 +373,6 @@ def _storage_contexts(sop_classes: set[str]) -> tuple[list[Any], list[Any]]:
     sender then picks the context of the syntax an instance is stored in, and nothing is
     transcoded, least of all into a lossy syntax it happened to prefer.
     """
-    from pynetdicom.presentation import build_context
-
     classes = sorted(c for c in sop_classes if c) or list(_COMMON_IMAGE_CLASSES)
     contexts = []
     for uid in classes[:_MAX_CLASSES]:
@@ -465,12 +467,13 @@ def _move_series(target: DimseTarget, plan: SeriesPlan, receiver: _Receiver, mov
                  ae_title: str | None) -> None:
     """C-MOVE one series to ``move_to``: medhub listens on ``port`` as that AE while the archive sends."""
     scp = _new_ae(move_to)
-    for context in AllStoragePresentationContexts:
-        scp.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    for sop_class in STORAGE_SOP_CLASSES:
+        scp.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     try:
         server = scp.start_server(("", port), block=False, evt_handlers=[(evt.EVT_C_STORE, receiver.handle)])
     except OSError as exc:
         raise MedhubError(f"cannot receive C-MOVE on port {port}: {exc.strerror or exc}") from None
+    assert server is not None  # block=False returns the running server (None is for block=True)
     try:
         ae = _new_ae(ae_title)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)

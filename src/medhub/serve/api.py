@@ -212,7 +212,7 @@ async def submit_job(request: Request) -> dict[str, Any]:
 def list_jobs(request: Request) -> list[dict[str, Any]]:
     """Every job, newest first (each one's report is left out here: see GET /api/jobs/{id})."""
     service = jobs(request)
-    return [service.to_json(job, details=False) for job in service.store.list()]
+    return [service.to_json(job, details=False) for job in service.store.list_jobs()]
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS, tags=["jobs"])

@@ -46,8 +46,9 @@ _WORK = threading.Lock()
 _TRAIN_FIELDS = ("name", "encoder", "classifier", "folds", "seed", "force")
 MAX_FILES = 100_000
 
-_UPLOAD_HELP = {"400": {"description": "unsafe upload"}, "404": {"description": "no such head"},
-                "413": {"description": "upload too large"}, "422": {"description": "unusable input or labels"}}
+_UPLOAD_HELP: dict[int | str, dict[str, Any]] = {
+    "400": {"description": "unsafe upload"}, "404": {"description": "no such head"},
+    "413": {"description": "upload too large"}, "422": {"description": "unusable input or labels"}}
 
 
 def _settings(request: Request) -> Any:

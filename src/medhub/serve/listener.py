@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.events import EventHandlerType
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import: invisible to types
 
 from medhub.errors import MedhubError
 from medhub.hub.runtime import RUNNERS
 from medhub.hub.workflow import Workflow, predict_parameters
-from medhub.inputs.dimse import check_ae_title
+from medhub.inputs.dimse import STORAGE_SOP_CLASSES, check_ae_title
 from medhub.inputs.push import PUSHED_SUFFIXES
 from medhub.inputs.remote import check_push_url, label, push
 from medhub.pipeline.report import Status
@@ -143,15 +144,15 @@ class DicomListener:
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.options.ae_title)
         ae.add_supported_context(Verification)
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        for sop_class in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
         if self.options.allow_ae:
             ae.require_calling_aet = list(self.options.allow_ae)
         ae.maximum_associations = 16
         ae.network_timeout = ae.dimse_timeout = 120
         return ae
 
-    def _handlers(self) -> list[tuple[Any, Callable[..., Any]]]:
+    def _handlers(self) -> list[EventHandlerType]:
         return [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
                 (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_REJECTED, self._on_rejected),
                 (evt.EVT_RELEASED, self._on_closed), (evt.EVT_ABORTED, self._on_closed)]
@@ -226,9 +227,9 @@ class DicomListener:
             for series in self.spool.quiet_series(self.options.series_timeout):
                 if self._stop.is_set():
                     return
-                batch = self.spool.claim(series)
-                if batch is not None:
-                    self._process(batch)
+                claimed = self.spool.claim(series)
+                if claimed is not None:
+                    self._process(claimed)
             self._stop.wait(self.options.poll_interval)
 
     def _process(self, batch: Path) -> None:

@@ -155,7 +155,7 @@ class JobStore:
         job = _row_to_job(row)
         return None if job.deleted and not include_deleted else job
 
-    def list(self, limit: int = 1000) -> list[Job]:
+    def list_jobs(self, limit: int = 1000) -> list[Job]:
         """Jobs newest first (deleted ones left out)."""
         with self._lock:
             rows = self._db.execute(

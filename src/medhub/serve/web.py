@@ -18,6 +18,7 @@ middleware (:class:`medhub.serve.app.TokenMiddleware`) like every other API path
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -228,8 +229,6 @@ def _binary(request: Request, path: Path) -> Response:
     if "gzip" in request.headers.get("accept-encoding", "").lower():
         return FileResponse(path, media_type="application/octet-stream",
                             headers={"Content-Encoding": "gzip", "Cache-Control": "no-cache"})
-    import gzip
-
     return Response(gzip.decompress(path.read_bytes()), media_type="application/octet-stream",
                     headers={"Cache-Control": "no-cache"})
 
