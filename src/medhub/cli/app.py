@@ -11,7 +11,6 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -29,7 +28,9 @@ COMMAND_ORDER = ("run", "view", "doctor", "models", "info", "pull", "check", "ne
 class _InOrder(TyperGroup):
     """Lists commands in the order a user meets them (``run`` first), not in the order modules register them."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    # ctx is typer's own click Context (typer 0.28 vendors click as the private typer._click; click itself
+    # is not one of medhub's dependencies, so importing it broke `medhub` on an install without it).
+    def list_commands(self, ctx: Any) -> list[str]:
         names = super().list_commands(ctx)
         rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
         return sorted(names, key=lambda name: rank.get(name, len(rank)))

@@ -68,4 +68,4 @@ def _exit_without_teardown(code: object) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

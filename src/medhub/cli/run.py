@@ -149,9 +149,9 @@ def _run(model: str, input: str | None, output: Path, workflow: str | None, conf
             shutil.rmtree(scratch, ignore_errors=True)
     if not json_progress:
         print_run_summary(report)
-    for entry in report.series:  # what must be seen even on success: one line each, on stderr
-        for warning in entry.warnings:
-            typer.echo(f"medhub: {entry.key}: {warning}", err=True)
+    for series in report.series:  # what must be seen even on success: one line each, on stderr
+        for warning in series.warnings:
+            typer.echo(f"medhub: {series.key}: {warning}", err=True)
     if push is not None:
         _push(report, output, push)
     _exit_if_not_all_succeeded(report, output)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -587,10 +588,6 @@ class ModelCard(_Strict):
     @field_validator("requirements")
     @classmethod
     def _check_requirements(cls, value: list[str]) -> list[str]:
-        try:
-            from packaging.requirements import InvalidRequirement, Requirement
-        except ImportError:  # pragma: no cover - packaging ships with pip/setuptools everywhere we run
-            return value
         for text in value:
             try:
                 Requirement(text)
