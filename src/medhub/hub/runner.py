@@ -181,7 +181,7 @@ def context_from_json(data: Mapping[str, Any]) -> RunnerContext:
                          device=str(data["device"]), params=dict(data["params"]), threads=int(data["threads"]))
 
 
-class _Fields(dict):  # type: ignore[type-arg]
+class _Fields(dict[str, Any]):
     """A card's JSON data read like the parsed card: ``card.outputs.values`` as well as ``card["outputs"]``.
 
     A field wins over a dict method of the same name (``outputs.values`` is the card's list).

@@ -20,7 +20,7 @@ import stat
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO
 
 from medhub.errors import MedhubError
 
@@ -103,7 +103,7 @@ def unique(path: Path) -> Path:
     raise ArchiveError("unsafe", f"too many files named {path.name}")
 
 
-def copy_counted(source: BinaryIO, target: Path, budget: Budget) -> None:
+def copy_counted(source: IO[bytes], target: Path, budget: Budget) -> None:
     """Copy a stream into a new file, counting every byte against ``budget``."""
     with target.open("xb") as out:
         while chunk := source.read(CHUNK):

@@ -181,7 +181,7 @@ def read_native(path: Path, header: Dataset, syntax: str | None = None, *,
                     return None
                 data = np.frombuffer(buffer, dtype=dtype, count=length // dtype.itemsize, offset=head)
             else:
-                if fp.read(head) not in element or fp.readinto(memoryview(out).cast("B")) != length:
+                if fp.read(head) not in element or fp.readinto(out.data.cast("B")) != length:
                     return None
                 data = out.reshape(-1)
     except OSError:

@@ -65,8 +65,8 @@ def instance_record(instance: Instance) -> dict[str, Any]:
         try:
             dcmwrite(buffer, instance.header, enforce_file_format=False)
         except Exception:  # noqa: BLE001 - any writing problem: the worker reads the file instead
-            buffer = None
-        if buffer is not None:
+            pass
+        else:
             header = zlib.compress(buffer.getvalue(), 1)
     return {
         "path": str(Path(instance.path).resolve()), "header": header,
