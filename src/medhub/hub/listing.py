@@ -31,11 +31,13 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from medhub import __version__, config
 from medhub.errors import MedhubError
 from medhub.files import atomic_output
+from medhub.hub.envs import env_state
 from medhub.hub.weight_store import WeightState, installed_file_verified, weight_state
 
 FORMAT = 2  # 2: segment rows of medhub.segdb.describe_segment
@@ -204,10 +206,6 @@ def readiness(entry: dict[str, Any]) -> dict[str, Any]:
     its own) is built and no bundled weights file is missing. Missing downloadable weights do not
     stop a run (it fetches them when it loads the model), but ``todo`` says to pull them first.
     """
-    from types import SimpleNamespace
-
-    from medhub.hub.envs import env_state
-
     card = entry["card"]
     weights = weight_states(entry)
     try:
