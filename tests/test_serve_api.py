@@ -330,13 +330,20 @@ def test_size_limits(client: TestClient) -> None:
     big = os.urandom(6 * 1024 * 1024)
     response = client.post("/api/jobs", data={"model": "ct-body"}, files=[("files", ("big.dcm", big))])
     assert response.status_code == 413 and "limit is 5 MB" in response.json()["detail"]
-    # a small zip that expands past the unzip limit (a zip bomb) is refused before extraction
+    # a zip that expands past the unzip limit is refused before extraction (one bit of entropy per byte: ~7 to 1)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("zeros.dcm", bytes(12 * 1024 * 1024))
+        archive.writestr("bits.dcm", bytes(b & 1 for b in os.urandom(12 * 1024 * 1024)))
+    assert len(buffer.getvalue()) < 5 * 1024 * 1024
+    large = client.post("/api/jobs", data={"model": "ct-body"}, files=[("files", ("large.zip", buffer.getvalue()))])
+    assert large.status_code == 413 and "expands to 12 MB, more than the limit of 10 MB" in large.json()["detail"]
+    # a small zip that claims to expand 1000 to 1 (a zip bomb) is refused by its ratio, whatever the limit
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros.dcm", bytes(8 * 1024 * 1024))
     assert len(buffer.getvalue()) < 100_000
     bomb = client.post("/api/jobs", data={"model": "ct-body"}, files=[("files", ("bomb.zip", buffer.getvalue()))])
-    assert bomb.status_code == 413 and "expands to" in bomb.json()["detail"]
+    assert bomb.status_code == 413 and "refused as a zip bomb, nothing extracted" in bomb.json()["detail"]
     assert leftover_jobs(client) == []
 
 

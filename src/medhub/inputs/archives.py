@@ -3,10 +3,13 @@
 One implementation for every door an archive comes through: ``medhub run --input series.zip``
 and an upload to ``medhub serve`` (:mod:`medhub.serve.uploads`). Before anything is extracted,
 every entry is checked: no absolute path or drive, no ``..``, no symbolic or hard link, no device
-or pipe, no encrypted zip entry, no more than :data:`MAX_ENTRIES` entries, and the sizes the
-archive declares must fit the limit. While extracting, the real bytes written are counted again
-against the same limit (a lying header gains nothing), files are written one by one inside the
-target folder only, and two entries with one name never overwrite each other.
+or pipe, no encrypted zip entry, no more than :data:`MAX_ENTRIES` entries, the sizes the
+archive declares must fit the limit, and neither a zip entry nor the archive as a whole may
+declare to expand by more than :data:`MAX_RATIO` to 1: a zip bomb (1 GiB of zeros deflates to
+about 1 MB, 1000 to 1; real DICOM deflates 2 to 10 to 1, a sparse SEG up to about 100) is refused
+whatever the limit, so it never fills a disk whose free space is the limit. While extracting,
+the real bytes written are counted again against the same limit (a lying header gains nothing),
+files are written one by one inside the target folder only, and two entries with one name never overwrite each other.
 
 Errors are :class:`ArchiveError` with a ``kind`` (``unsafe``, ``too_large``, ``unreadable``), which
 the server turns into HTTP 400 / 413 / 422 and the command line into one line and exit code 2.
@@ -26,6 +29,10 @@ from medhub.errors import MedhubError
 
 CHUNK = 1024 * 1024
 MAX_ENTRIES = 200_000
+MAX_RATIO = 200
+"""The largest expansion a zip entry, or an archive, may declare: above it, a zip bomb."""
+RATIO_FLOOR = 1024 * 1024
+"""What expands to less than this is not judged by its ratio (small files compress well)."""
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ +-]+")
@@ -114,13 +121,26 @@ def copy_counted(source: IO[bytes], target: Path, budget: Budget) -> None:
 # ------------------------------------------------------------------------------------------- zip
 
 
-def check_zip(archive: zipfile.ZipFile, name: str, unzip_limit: int) -> list[zipfile.ZipInfo]:
-    """The file entries of a zip, after refusing unsafe or oversized ones (nothing is extracted yet)."""
+def refuse_bomb(name: str, what: str, packed: int, declared: int) -> None:
+    """Refuse a zip bomb: ``declared`` bytes (over :data:`RATIO_FLOOR`) from ``packed``, above ``MAX_RATIO`` to 1."""
+    if declared > RATIO_FLOOR and declared > MAX_RATIO * max(packed, 1):
+        ratio = declared // max(packed, 1)
+        raise ArchiveError("too_large", f"{name}: {what} declares to expand {size_text(packed)} to "
+                                        f"{size_text(declared)} ({ratio} to 1; at most {MAX_RATIO} to 1 is accepted): "
+                                        "refused as a zip bomb, nothing extracted")
+
+
+def check_zip(archive: zipfile.ZipFile, name: str, unzip_limit: int, archive_bytes: int | None = None
+              ) -> list[zipfile.ZipInfo]:
+    """The file entries of a zip, after refusing unsafe or oversized ones (nothing is extracted yet).
+
+    ``archive_bytes``: the zip's size (for the ratio of the whole; default: its entries' packed sizes).
+    """
     infos = archive.infolist()
     if len(infos) > MAX_ENTRIES:
         raise ArchiveError("too_large", f"{name}: {len(infos)} entries; at most {MAX_ENTRIES} are accepted")
     files = []
-    declared = 0
+    declared = packed = 0
     for info in infos:
         mode = info.external_attr >> 16
         if stat.S_ISLNK(mode):
@@ -130,8 +150,11 @@ def check_zip(archive: zipfile.ZipFile, name: str, unzip_limit: int) -> list[zip
             raise ArchiveError("unsafe", f"{name}: entry {info.filename!r} is encrypted; use an unencrypted zip")
         if info.is_dir() or info.filename.startswith(_SKIPPED_FOLDERS):
             continue
+        refuse_bomb(name, f"entry {info.filename!r}", info.compress_size, info.file_size)
         declared += info.file_size
+        packed += info.compress_size
         files.append(info)
+    refuse_bomb(name, "the archive", archive_bytes if archive_bytes is not None else packed, declared)
     if declared > unzip_limit:
         raise ArchiveError("too_large", f"{name}: expands to {size_text(declared)}, more than the limit of "
                                         f"{size_text(unzip_limit)}")
@@ -146,7 +169,7 @@ def extract_zip(zip_path: Path, name: str, target: Path, budget: Budget) -> int:
         raise ArchiveError("unreadable", f"{name}: not a readable zip file ({exc})") from None
     count = 0
     with archive:
-        for info in check_zip(archive, name, budget.left):
+        for info in check_zip(archive, name, budget.left, zip_path.stat().st_size):
             destination = _destination(target, info.filename, name)
             try:
                 with archive.open(info) as source:
@@ -161,8 +184,12 @@ def extract_zip(zip_path: Path, name: str, target: Path, budget: Budget) -> int:
 # ------------------------------------------------------------------------------------------- tar
 
 
-def check_tar(members: list[tarfile.TarInfo], name: str, limit: int) -> list[tarfile.TarInfo]:
-    """The regular files of a tar, after refusing links, devices, unsafe names and oversized totals."""
+def check_tar(members: list[tarfile.TarInfo], name: str, limit: int, archive_bytes: int | None = None
+              ) -> list[tarfile.TarInfo]:
+    """The regular files of a tar, after refusing links, devices, unsafe names and oversized totals.
+
+    ``archive_bytes``: the (compressed) archive's size, for the ratio of a ``.tar.gz`` bomb.
+    """
     if len(members) > MAX_ENTRIES:
         raise ArchiveError("too_large", f"{name}: {len(members)} entries; at most {MAX_ENTRIES} are accepted")
     files = []
@@ -179,6 +206,8 @@ def check_tar(members: list[tarfile.TarInfo], name: str, limit: int) -> list[tar
             raise ArchiveError("unsafe", f"{name}: entry {member.name!r} is a device or pipe; only files are accepted")
         declared += member.size
         files.append(member)
+    if archive_bytes is not None:
+        refuse_bomb(name, "the archive", archive_bytes, declared)
     if declared > limit:
         raise ArchiveError("too_large", f"{name}: expands to {size_text(declared)}, more than the limit of "
                                         f"{size_text(limit)}")
@@ -195,7 +224,7 @@ def extract_tar(tar_path: Path, name: str, target: Path, budget: Budget) -> int:
     count = 0
     try:
         with tarfile.open(tar_path) as archive:
-            for member in check_tar(members, name, budget.left):
+            for member in check_tar(members, name, budget.left, tar_path.stat().st_size):
                 destination = _destination(target, member.name, name)
                 source = archive.extractfile(member)
                 if source is None:  # pragma: no cover - check_tar passes regular files only

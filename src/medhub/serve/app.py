@@ -30,6 +30,7 @@ from medhub.errors import MedhubError
 from medhub.serve.api import router as api_router
 from medhub.serve.heads_api import router as heads_router  # few-shot heads: train, list, predict
 from medhub.serve.jobs import JobService
+from medhub.serve.redact import install_redaction
 from medhub.serve.settings import ServeSettings
 from medhub.serve.store import JobStore
 from medhub.serve.uploads import ApiError
@@ -200,11 +201,13 @@ def _declare_bearer_auth(app: FastAPI) -> None:
 def create_app(settings: ServeSettings) -> FastAPI:
     """The whole service for one data folder; the store and workers live as long as the app runs."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    install_redaction(settings.token)  # the access log never shows ?token= (nor the token anywhere)
     store = JobStore(settings.database)
     service = JobService(settings, store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_redaction(settings.token)  # again here: uvicorn configures its loggers after create_app
         service.start()
         try:
             yield
