@@ -580,6 +580,40 @@ def _build_unsuitable_beside_good(case: Path) -> Path:
     return case / "input"
 
 
+# ------------------------------------------------------------------------------------- plausibility
+
+
+def _build_ct_labelled_mr(case: Path) -> Path:
+    """A real abdominal CT exported with Modality MR (a wrong tag): a brain model takes it."""
+    folder = _input(case)
+    for path in sorted(TOTALSEG_J2K.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.Modality = "MR"
+        ds.save_as(folder / path.name)
+    return folder
+
+
+def _build_nifti_in_cm(case: Path) -> Path:
+    """TotalSegmentator's example CT with its voxel sizes written in cm (each axis 10 times too long)."""
+    import nibabel as nib
+
+    image = nib.load(NIFTI_CT)
+    affine = image.affine.copy()
+    affine[:3, :3] *= 10
+    scaled = nib.Nifti1Image(np.asarray(image.dataobj), affine, image.header)
+    scaled.set_sform(affine, code=1)
+    scaled.set_qform(affine, code=1)
+    target = _input(case) / "ct_in_cm.nii.gz"
+    nib.save(scaled, target)
+    return target
+
+
+def _check_result_written(out: Path, report: dict[str, Any]) -> None:
+    (entry,) = report["series"]
+    assert entry["outputs"] and all((out / output).is_file() for output in entry["outputs"]), \
+        "an implausible result is written, to be looked at"
+
+
 def _build_resume_slice_added(case: Path) -> Path:
     """A finished run on 11 slices; then the 12th arrives (a late transfer) and the user resumes."""
     import subprocess
@@ -728,9 +762,11 @@ CASES: list[Case] = [
          _build_nifti_sidecar_mr, 2, stderr="MR"),
     Case("nifti-unchecked",
          "an MR NIfTI with negative values and no sidecar given to a CT model: nothing tells its modality, it runs "
-         "and is marked 'unchecked input' in the report and on stderr",
-         _copy_file(NIFTI_MR_ABDOMEN, "abdomen.nii.gz"), 0, series=(SeriesExpect("", "succeeded", ("unchecked",)),),
-         stderr="unchecked input"),
+         "and is marked 'unchecked input' in the report; its result is implausible (a 'body' filling the whole "
+         "scan: no air around it), so the series is implausible, said on stderr, exit 1",
+         _copy_file(NIFTI_MR_ABDOMEN, "abdomen.nii.gz"), 1,
+         series=(SeriesExpect("", "implausible", ("unchecked", "fills 100% of the scanned volume")),),
+         stderr="implausible"),
 ]
 
 CASES += [
@@ -779,6 +815,25 @@ CASES += [
          "code: exit 0",
          _build_unsuitable_beside_good, 0,
          series=(SeriesExpect("the good one", "succeeded"), SeriesExpect("an MR series", "rejected", ("MR",)))),
+    Case("implausible-brain-from-a-ct-labelled-mr",
+         "deepbet on a real abdominal CT whose Modality says MR: the 'brain' it returns spans 372 mm, wider than any "
+         "head; the series is implausible (reason in the report and on stderr, exit 1), its NIfTI is written to be "
+         "looked at",
+         _build_ct_labelled_mr, 1, model="deepbet",
+         series=(SeriesExpect("", "implausible", ("brain spans", "at most 220 mm", "brain MR")),),
+         stderr="implausible: the brain spans", check=_check_result_written),
+    Case("implausible-lungs-from-voxel-sizes-in-cm",
+         "a CT NIfTI whose voxel sizes are in cm: ct-body's lungs come out at 63 and 133 litres, above the 10 "
+         "litres any lung holds; implausible, exit 1",
+         _build_nifti_in_cm, 1,
+         series=(SeriesExpect("", "implausible", ("expected at most 10000 ml", "voxel sizes right")),),
+         stderr="implausible", check=_check_result_written),
+    Case("implausible-accepted-with-allow-implausible",
+         "the same CT with --allow-implausible: the series succeeds, the violation stays in the report as a warning "
+         "and is printed on stderr, exit 0",
+         _build_nifti_in_cm, 0, args=("--allow-implausible",),
+         series=(SeriesExpect("", "succeeded", ("expected at most 10000 ml", "accepted: --allow-implausible")),),
+         stderr="accepted: --allow-implausible", check=_check_result_written),
     Case("resume-after-a-slice-was-added",
          "--resume after a slice was added to a finished series: the journal's instance list no longer matches, "
          "so the series is done again on all 12 slices and the report says why",

@@ -57,7 +57,7 @@ def _outside(state: dict[str, tuple[object, ...]], root: Path, out: Path, case: 
 
 
 def _words(entry: dict[str, Any]) -> str:
-    return " | ".join([entry["reason"], *entry["findings"], *entry["notes"]])
+    return " | ".join([entry["reason"], *entry["findings"], *entry["notes"], *entry.get("warnings", [])])
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

@@ -165,7 +165,7 @@ def test_an_mhub_config_runs_unchanged_on_real_ct(tmp_path: Path, assert_valid_d
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     start = next(e for e in events if e["event"] == "series_start")
-    assert start["steps"] == ["load", "predict", "write_seg", "write_rtstruct", "write_nifti"]
+    assert start["steps"] == ["load", "predict", "check_result", "write_seg", "write_rtstruct", "write_nifti"]
     report = json.loads((out / "medhub-report.json").read_text())
     assert report["workflow"] == "mhub config.yml"
     entry = report["series"][0]

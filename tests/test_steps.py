@@ -52,7 +52,8 @@ def test_every_step_name_is_registered_once_with_its_declared_parameters() -> No
     for name, step in STEPS.items():
         assert step.name is name
         assert all(isinstance(spec, ParameterSpec) and spec.description for spec in step.parameters.values())
-    assert [s for s, step in STEPS.items() if step.phase is not Phase.OUTPUT] == ["select", "load", "predict"]
+    assert [s for s, step in STEPS.items() if step.phase is not Phase.OUTPUT] == ["select", "load", "predict",
+                                                                               "check_result"]
 
 
 def test_model_outputs_follow_the_card() -> None:
@@ -69,21 +70,26 @@ SEG = [StepName.SELECT, StepName.LOAD, StepName.PREDICT, StepName.WRITE_SEG]
 @pytest.mark.parametrize(
     ("requested", "outputs", "source", "expected"),
     [
-        (SEG, {ModelOutput.LABELS}, SourceKind.DICOM, ["load", "predict", "write_seg"]),
+        (SEG, {ModelOutput.LABELS}, SourceKind.DICOM, ["load", "predict", "check_result", "write_seg"]),
         # a SEG cannot reference a series without UIDs: NIfTI instead (today's behaviour, now announced)
-        (SEG, {ModelOutput.LABELS}, SourceKind.DICOM_WITHOUT_UIDS, ["load", "predict", "write_nifti"]),
-        (SEG, {ModelOutput.LABELS}, SourceKind.NIFTI, ["load", "predict", "write_nifti"]),
+        (SEG, {ModelOutput.LABELS}, SourceKind.DICOM_WITHOUT_UIDS, ["load", "predict", "check_result", "write_nifti"]),
+        (SEG, {ModelOutput.LABELS}, SourceKind.NIFTI, ["load", "predict", "check_result", "write_nifti"]),
         ([*SEG, StepName.WRITE_NIFTI, StepName.WRITE_RTSTRUCT], {ModelOutput.LABELS}, SourceKind.DICOM,
-         ["load", "predict", "write_seg", "write_nifti", "write_rtstruct"]),
+         ["load", "predict", "check_result", "write_seg", "write_nifti", "write_rtstruct"]),
         # a workflow that names no output of a DICOM series writes none (the report still has the values)
-        (SEG[:3], {ModelOutput.LABELS}, SourceKind.DICOM, ["load", "predict"]),
-        (SEG[:3], {ModelOutput.EMBEDDING}, SourceKind.DICOM, ["load", "predict", "write_embedding"]),
+        (SEG[:3], {ModelOutput.LABELS}, SourceKind.DICOM, ["load", "predict", "check_result"]),
+        (SEG[:3], {ModelOutput.EMBEDDING}, SourceKind.DICOM, ["load", "predict", "check_result", "write_embedding"]),
         ([*SEG, StepName.WRITE_RTSTRUCT], {ModelOutput.EMBEDDING}, SourceKind.DICOM,
-         ["load", "predict", "write_embedding"]),
+         ["load", "predict", "check_result", "write_embedding"]),
         ([*SEG[:3], StepName.WRITE_SR], {ModelOutput.VALUES}, SourceKind.DICOM,
-         ["load", "predict", "write_values", "write_sr"]),
+         ["load", "predict", "check_result", "write_values", "write_sr"]),
         ([*SEG[:3], StepName.WRITE_SR], {ModelOutput.VALUES}, SourceKind.NIFTI,
-         ["load", "predict", "write_values", "write_sr"]),
+         ["load", "predict", "check_result", "write_values", "write_sr"]),
+        # check_result runs after predict whether the workflow names it or not, and always before the outputs
+        ([*SEG[:3], StepName.CHECK_RESULT, StepName.WRITE_SEG], {ModelOutput.LABELS}, SourceKind.DICOM,
+         ["load", "predict", "check_result", "write_seg"]),
+        ([*SEG[:3], StepName.CHECK_RESULT, StepName.WRITE_SR], {ModelOutput.VALUES}, SourceKind.DICOM,
+         ["load", "predict", "check_result", "write_values", "write_sr"]),
     ],
 )
 def test_series_steps_are_exactly_the_steps_that_run(requested, outputs, source, expected) -> None:
@@ -180,7 +186,7 @@ def test_run_writes_exactly_the_announced_steps_valid_dicom(tmp_path: Path, asse
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     start = next(e for e in events if e["event"] == "series_start")
-    assert start["steps"] == ["load", "predict", "write_seg", "write_rtstruct", "write_nifti"]
+    assert start["steps"] == ["load", "predict", "check_result", "write_seg", "write_rtstruct", "write_nifti"]
     ran = [e["step"] for e in events if e["event"] == "step"]
     assert ran == start["steps"]  # exactly: predict's model_load is timed in the report, not a step of its own
     assert [e["step"] for e in events if e["event"] == "step_done"] == start["steps"]
@@ -198,7 +204,7 @@ def test_series_without_uids_announces_the_nifti_it_writes(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     start = next(e for e in events if e["event"] == "series_start")
-    assert start["steps"] == ["load", "predict", "write_nifti"]
+    assert start["steps"] == ["load", "predict", "check_result", "write_nifti"]
     entry = json.loads((out / "medhub-report.json").read_text())["series"][0]
     assert entry["outputs"][0].endswith("ct-body.nii.gz")
     assert any("cannot reference them" in note for note in entry["notes"])

@@ -394,7 +394,7 @@ def _run_and_compare(entry: ModelEntry, sample: Path, work: Path, *, device: str
     except Exception as exc:
         return [CheckResult("run", "fail", f"on the sample {sample}: {_one_line(exc)}")]
     results = [CheckResult("run", "fail", f"series {e.key[-24:]} {e.status.value}: {e.reason}")
-               for e in report.series if e.status in (Status.FAILED, Status.SKIPPED)]
+               for e in report.series if e.status in (Status.FAILED, Status.SKIPPED, Status.IMPLAUSIBLE)]
     done = [e for e in report.series if e.status == Status.SUCCEEDED]
     if results:
         return results

@@ -55,13 +55,16 @@ def run(
         "--move-port", help="Port medhub receives C-MOVE on (the one the archive has for --move-to).")] = None,
     pull: Annotated[bool, typer.Option(
         "--pull", help="First make the model ready (weights, its own environment) as `medhub pull` does.")] = False,
+    allow_implausible: Annotated[bool, typer.Option(
+        "--allow-implausible", help="Accept results outside the plausible ranges of the model's card (a warning "
+        "instead of exit code 1).")] = False,
     debug: DebugOption = False,
 ) -> None:
     """Run MODEL on every suitable series under --input and write results to --output."""
     try:
         _run(model, input, output, workflow, config, set_ or [], rtstruct, nifti, seg_nrrd, labelmap, preview,
              statistics, template, sample, device, json_progress, resume, scheduler, workers, push, move_to,
-             move_port, pull, debug)
+             move_port, pull, allow_implausible, debug)
     except MedhubError as exc:
         if json_progress:  # a program following the run learns why it ends with exit code 2
             from medhub.pipeline.progress import JsonLinesProgress
@@ -74,7 +77,7 @@ def _run(model: str, input: str | None, output: Path, workflow: str | None, conf
          rtstruct: bool, nifti: bool, seg_nrrd: bool, labelmap: bool, preview: bool, statistics: bool,
          template: str | None, sample: bool, device: str, json_progress: bool, resume: bool, scheduler: str | None,
          workers: int | None, push: str | None, move_to: str | None, move_port: int | None, pull: bool,
-         debug: bool) -> None:
+         allow_implausible: bool, debug: bool) -> None:
     from medhub.hub.catalog import get_model
     from medhub.hub.devices import check_device
     from medhub.pipeline.layout import DEFAULT_TEMPLATE, check_template
@@ -134,7 +137,8 @@ def _run(model: str, input: str | None, output: Path, workflow: str | None, conf
                              template=template or DEFAULT_TEMPLATE, progress=progress, debug=debug,
                              resume=resume, input_label=_input_label(input, sample, source, output),
                              input_record=archive,
-                             input_provenance=provenance, input_in_output=sample, output_folder=claimed)
+                             input_provenance=provenance, input_in_output=sample, output_folder=claimed,
+                             allow_implausible=allow_implausible)
         if scheduler or workers:
             from medhub.pipeline.cluster import DaskExecutor
 
@@ -149,29 +153,35 @@ def _run(model: str, input: str | None, output: Path, workflow: str | None, conf
             shutil.rmtree(scratch, ignore_errors=True)
     if not json_progress:
         print_run_summary(report)
-    for series in report.series:  # what must be seen even on success: one line each, on stderr
-        for warning in series.warnings:
-            typer.echo(f"medhub: {series.key}: {warning}", err=True)
+    for entry in report.series:  # what must be seen even on success: one line each, on stderr
+        if entry.status.value != "succeeded":
+            continue  # the run's last line names what did not succeed; its warnings are in the report
+        for warning in entry.warnings:
+            typer.echo(f"medhub: {entry.key}: {warning}", err=True)
     if push is not None:
         _push(report, output, push)
     _exit_if_not_all_succeeded(report, output)
 
 
 def _exit_if_not_all_succeeded(report: Any, output: Path) -> None:
-    """Exit code 1, with one line, when a chosen series was skipped or failed while another succeeded.
+    """Exit code 1, with one line, when a chosen series was skipped, failed or is implausible beside a written one.
 
-    (When none succeeded the pipeline has already ended the run with exit code 2.)
+    (When nothing was written the pipeline has already ended the run with exit code 2.) An
+    implausible result is written but not accepted: it also makes the run exit 1.
     """
     from medhub.pipeline.report import REPORT_NAME, Status
 
-    missed = [e for e in report.series if e.status in (Status.SKIPPED, Status.FAILED)]
+    missed = [e for e in report.series if e.status in (Status.IMPLAUSIBLE, Status.FAILED, Status.SKIPPED)]
     if not missed:
         return
     chosen = len(missed) + report.count(Status.SUCCEEDED)
     counts = ", ".join(f"{sum(1 for e in missed if e.status == status)} {status.value}"
-                       for status in (Status.FAILED, Status.SKIPPED) if any(e.status == status for e in missed))
-    typer.echo(f"medhub: {len(missed)} of {chosen} chosen series did not succeed ({counts}): {missed[0].reason}; "
-               f"every reason is in {output / REPORT_NAME}", err=True)
+                       for status in (Status.IMPLAUSIBLE, Status.FAILED, Status.SKIPPED)
+                       if any(e.status == status for e in missed))
+    missed.sort(key=lambda e: e.status != Status.IMPLAUSIBLE)  # the one a person must look at first
+    accept = "--allow-implausible accepts it; " if missed[0].status == Status.IMPLAUSIBLE else ""
+    typer.echo(f"medhub: {len(missed)} of {chosen} chosen series did not succeed ({counts}): {missed[0].reason} "
+               f"({accept}every reason is in {output / REPORT_NAME})", err=True)
     raise typer.Exit(EXIT_SOME_FAILED)
 
 
@@ -272,8 +282,10 @@ def _push(report: Any, output: Path, url: str) -> None:
     """Store the DICOM results (STOW-RS or C-STORE); a failed push is exit code 1 (the results are written locally)."""
     from medhub.inputs.push import PUSHED_SUFFIXES
     from medhub.inputs.remote import label, push
+    from medhub.pipeline.report import Status
 
-    files = [output / o for e in report.series for o in e.outputs if o.endswith(PUSHED_SUFFIXES)]
+    files = [output / o for e in report.series if e.status == Status.SUCCEEDED  # never an implausible result
+             for o in e.outputs if o.endswith(PUSHED_SUFFIXES)]
     if not files:
         return
     try:
@@ -344,7 +356,8 @@ def print_run_summary(report: Any) -> None:
         console.print(f"... and {len(report.unreadable) - 10} more unreadable files (see the report)")
     summary = report.summary()
     console.print(
-        f"{summary['succeeded']} succeeded, {summary['failed']} failed, {summary['skipped']} skipped, "
+        f"{summary['succeeded']} succeeded, {summary['implausible']} implausible, {summary['failed']} failed, "
+        f"{summary['skipped']} skipped, "
         f"{summary['rejected']} rejected; {len(report.unreadable)} unreadable files, "
         f"{report.non_dicom_files} non-DICOM files. Report: {Path(report.output) / 'medhub-report.json'}",
         markup=False, highlight=False,

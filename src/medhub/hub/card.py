@@ -164,6 +164,81 @@ class ClassificationSpec(_Strict):
     description: str = ""
 
 
+class PlausibleRange(_Strict):
+    """What a correct result of this model looks like on *any* suitable input; a result outside is implausible.
+
+    Not the expected result on the sample (that is ``sample.reference``): a range every correct
+    result falls in, so that a wrong input (an abdominal CT given to a brain model) or a wrong
+    geometry (left and right swapped) shows instead of passing as a confident result. One
+    subject, ``segment`` (a segment ID of ``outputs.segments``) or ``value`` (a name of
+    ``outputs.values``), and one or more rules:
+
+    * ``min`` / ``max``: the segment's volume in ml, or the value in its unit (inclusive). An
+      absent segment has 0 ml, so a ``min`` also requires it to be there.
+    * ``max_fraction_of_scan``: the segment's volume as a fraction of the scanned volume.
+    * ``max_extent_mm``: the segment's extent along each patient axis (left-right,
+      anterior-posterior, inferior-superior), as a brain is never 30 cm wide.
+    * ``inside`` + ``max_outside``: the segment must lie within the listed segments (their union,
+      holes filled slice by slice, as a body encloses its lungs); at most ``max_outside`` of its
+      voxels may lie elsewhere.
+    * ``right_of``: the segment lies on the patient's right of the named one (centres of mass),
+      as the right lung lies right of the left lung.
+
+    ``including`` measures the segment together with others (in an exclusive label map the lungs
+    and bones inside a body carry their own labels: ``segment: BODY, including: [LUNG, BONE]``).
+
+    ``source`` says where the range comes from (a paper, a reference data set, the model's own
+    upstream test data, anatomy); ``hint`` is the question a person should ask when a result
+    falls outside ("is this a T1 brain MR?").
+    """
+
+    segment: str | None = Field(default=None, description="segment ID (a value of outputs.segments)")
+    value: str | None = Field(default=None, description="a value name (outputs.values)")
+    including: list[str] = Field(default_factory=list,
+                                 description="segment IDs measured together with the segment (what lies inside it)")
+    min: float | None = Field(default=None, description="lowest plausible volume in ml (segment) or value")
+    max: float | None = Field(default=None, description="highest plausible volume in ml (segment) or value")
+    max_fraction_of_scan: float | None = Field(default=None, gt=0, le=1,
+                                               description="largest plausible share of the scanned volume")
+    max_extent_mm: float | None = Field(default=None, gt=0,
+                                        description="largest plausible extent along each patient axis, in mm")
+    inside: list[str] = Field(default_factory=list, description="segment IDs that must enclose this segment")
+    max_outside: float = Field(default=0.01, ge=0, lt=1,
+                               description="share of the segment's voxels allowed outside 'inside'")
+    right_of: str | None = Field(default=None, description="segment ID this segment lies on the patient's right of")
+    source: str = Field(min_length=10, description="where the range comes from: paper, data set, anatomy")
+    hint: str = Field(default="", description="what to ask when a result falls outside, e.g. 'is this a brain MR?'")
+
+    @model_validator(mode="after")
+    def _one_subject_some_rule(self) -> PlausibleRange:
+        if (self.segment is None) == (self.value is None):
+            raise ValueError("name exactly one of 'segment' or 'value'")
+        segment_rules = [self.max_fraction_of_scan, self.max_extent_mm, self.inside or None, self.right_of]
+        if all(rule is None for rule in [self.min, self.max, *segment_rules]):
+            raise ValueError("give at least one rule: min, max, max_fraction_of_scan, max_extent_mm, inside or "
+                             "right_of")
+        if self.value is not None and (self.including or any(rule is not None for rule in segment_rules)):
+            raise ValueError("a value takes min and max; including, max_fraction_of_scan, max_extent_mm, inside and "
+                             "right_of are for segments")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+    @property
+    def subject(self) -> str:
+        return str(self.segment if self.segment is not None else self.value)
+
+    def segments_named(self) -> list[str]:
+        """Every segment ID this range names (its subject, 'inside', 'right_of')."""
+        named = [self.segment] if self.segment is not None else []
+        return [*named, *self.including, *self.inside, *([self.right_of] if self.right_of else [])]
+
+    @property
+    def measured(self) -> list[str]:
+        """The segments measured as this range's subject: the segment and those it includes."""
+        return [str(self.segment), *self.including] if self.segment is not None else []
+
+
 class OutputKind(StrEnum):
     """What a model's outputs are, as ``medhub models --task`` filters them."""
 
@@ -180,6 +255,8 @@ class OutputSpec(_Strict):
     )
     values: list[ValueSpec] = Field(default_factory=list)
     classifications: list[ClassificationSpec] = Field(default_factory=list)
+    plausible: list[PlausibleRange] = Field(
+        default_factory=list, description="the ranges every correct result falls in (checked after every prediction)")
 
     @field_validator("segments")
     @classmethod
@@ -196,6 +273,18 @@ class OutputSpec(_Strict):
             if value.volume_of is not None and value.volume_of not in self.segments.values():
                 raise ValueError(f"value {value.name!r}: volume_of {value.volume_of!r} is not one of the segments "
                                  f"({', '.join(self.segments.values()) or 'none'})")
+        return self
+
+    @model_validator(mode="after")
+    def _plausible_names_exist(self) -> OutputSpec:
+        segments = set(self.segments.values())
+        values = {v.name for v in self.values}
+        for index, rule in enumerate(self.plausible):
+            unknown = [name for name in rule.segments_named() if name not in segments]
+            if unknown:
+                raise ValueError(f"plausible[{index}] names segment {unknown[0]!r}, which is not in outputs.segments")
+            if rule.value is not None and rule.value not in values:
+                raise ValueError(f"plausible[{index}] names value {rule.value!r}, which is not in outputs.values")
         return self
 
     @property

@@ -41,6 +41,7 @@ def task_payload(pipeline: Pipeline, series: Series) -> dict[str, Any]:
         "device": options.device,
         "debug": options.debug,
         "run_token": pipeline.token,  # the worker's temporary files carry the token the client recorded
+        "allow_implausible": options.allow_implausible,
         "key": series.key,
         "findings": list(series.findings),
         "shared_uids": dict(series.shared_uids),
@@ -97,6 +98,7 @@ def process_series_task(payload: dict[str, Any]) -> dict[str, Any]:
         input_path=Path(payload["input"]), output_dir=Path(payload["output"]),
         workflow=Workflow.model_validate(payload["workflow"]), device=payload["device"],
         template=payload["template"], debug=payload["debug"], run_token=payload["run_token"],
+        allow_implausible=payload["allow_implausible"],
     )
     pipeline = Pipeline(model, options)
     try:

@@ -29,7 +29,8 @@ def iso_time(timestamp: float | None) -> str | None:
 
 class Status(StrEnum):
     SUCCEEDED = "succeeded"  # outputs written
-    FAILED = "failed"  # chosen, but an error stopped it (exit code 1)
+    FAILED = "failed"  # chosen, but an error stopped it
+    IMPLAUSIBLE = "implausible"  # outputs written, but a result lies outside the ranges its card declares plausible
     SKIPPED = "skipped"  # chosen by the rules, but the check step refused it with a reason
     REJECTED = "rejected"  # not suitable for this model (selection reason)
 

@@ -76,6 +76,7 @@ class RunOptions:
     input_in_output: bool = False  # the input is medhub's own copy inside the output folder (--sample)
     output_folder: OutputFolder | None = None  # claimed by the caller (it wrote into it before the run: --sample)
     run_token: str | None = None  # the token of this run's temporary files (a Dask worker gets the client's)
+    allow_implausible: bool = False  # a result outside its card's plausible ranges succeeds, with a warning
 
 
 class Pipeline:
@@ -181,7 +182,8 @@ class Pipeline:
         todo = self._resume(selection.chosen)
         for entry in self.options.executor.map(self, todo):
             self._finish(entry)
-        if self.report.count(Status.SUCCEEDED) == 0:  # every chosen series was skipped or failed: exit code 2
+        if self.report.count(Status.SUCCEEDED) + self.report.count(Status.IMPLAUSIBLE) == 0:
+            # every chosen series was skipped or failed, nothing was written: exit code 2
             chosen = [e for e in self.report.series if e.status in (Status.SKIPPED, Status.FAILED)]
             reasons = list(dict.fromkeys(e.reason for e in chosen))
             raise MedhubError(f"none of the {len(chosen)} chosen series succeeded: {'; '.join(reasons[:3])}"
@@ -266,7 +268,7 @@ class Pipeline:
         work = self._work(entry, self._fields(name, "", name, "", "", "", ""), nifti=path)
         self._run_steps(work, series_steps(self.steps, self.outputs, SourceKind.NIFTI))
         self.options.progress.event("series_done", key=name, status=entry.status.value, reason=entry.reason)
-        if entry.status != Status.SUCCEEDED:
+        if entry.status not in (Status.SUCCEEDED, Status.IMPLAUSIBLE):  # implausible: written, exit code 1
             reason = entry.reason if entry.reason.startswith(str(path)) else f"{path}: {entry.reason}"
             raise MedhubError(reason)
 
@@ -276,7 +278,8 @@ class Pipeline:
         options = self.options
         return SeriesWork(model=self.model, workflow=self.workflow, output_dir=options.output_dir,
                           template=options.template, device=options.device, progress=options.progress,
-                          entry=entry, fields=fields, series=series, nifti=nifti)
+                          entry=entry, fields=fields, series=series, nifti=nifti,
+                          allow_implausible=options.allow_implausible)
 
     def _run_steps(self, work: SeriesWork, names: list[StepName]) -> None:
         """Run ``names`` in order on one series; the entry ends succeeded, skipped or failed with the reason."""
@@ -290,7 +293,8 @@ class Pipeline:
                 else:
                     with work.timed(name):
                         step.run(work)
-            entry.status = Status.SUCCEEDED
+            entry.status, entry.reason = (Status.IMPLAUSIBLE, work.implausible) if work.implausible else \
+                (Status.SUCCEEDED, "")
         except SeriesSkipped as exc:
             entry.status, entry.reason = Status.SKIPPED, exc.reason
         except MedhubError as exc:

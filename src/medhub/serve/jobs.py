@@ -58,6 +58,8 @@ class JobOptions(BaseModel):
     labelmap: bool = Field(default=False, description="write a LABELMAP SEG instead of BINARY")
     seg_nrrd: bool = Field(default=False, description="also write <model>.seg.nrrd, 3D Slicer's segmentation file")
     set: list[str] = Field(default_factory=list, description="workflow overrides module.param=value")
+    allow_implausible: bool = Field(False, description="accept results outside the plausible ranges of the model's "
+                                                       "card (a warning in the report instead of a failed job)")
 
 
 def parse_options(text: str | None) -> JobOptions:
@@ -411,6 +413,7 @@ class JobService:
                 device=self.settings.device,
                 progress=sink,
                 resume=True,  # a re-run after a restart keeps the series an earlier attempt finished
+                allow_implausible=bool((job.options or {}).get("allow_implausible", False)),
             )
             report = Pipeline(entry, options).run()  # the runner cache makes jobs on one model take turns
         except MedhubError as exc:
@@ -422,6 +425,7 @@ class JobService:
             return JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
         summary = report.summary()
         if summary[Status.SUCCEEDED.value] == 0:
-            reasons = [e.reason for e in report.series if e.status in (Status.FAILED, Status.SKIPPED) and e.reason]
+            reasons = [e.reason for e in report.series
+                       if e.status in (Status.IMPLAUSIBLE, Status.FAILED, Status.SKIPPED) and e.reason]
             return JobStatus.FAILED, "no series succeeded: " + ("; ".join(reasons[:3]) or "see the report")
         return JobStatus.SUCCEEDED, None

@@ -258,7 +258,8 @@ class DicomListener:
             problem = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         self.processed += 1
         elapsed = time.perf_counter() - started
-        unfinished = [e for e in report.series if e.status in (Status.FAILED, Status.SKIPPED)]
+        # an implausible result is written but never forwarded: its instances are kept for a person to look at
+        unfinished = [e for e in report.series if e.status in (Status.FAILED, Status.SKIPPED, Status.IMPLAUSIBLE)]
         if crashed or unfinished:
             kept = self.spool.fail(batch)
             status = "failed" if crashed else unfinished[0].status.value

@@ -6,9 +6,11 @@ series. Adding an output step is one module in this package (a :class:`Step` sub
 ``name``, ``phase``, ``parameters``, ``runs`` and ``run``), its member in :class:`StepName`,
 and one line in :data:`STEPS`.
 
-Some output steps also run when the workflow does not name them, because the model's result
-needs them (``write_embedding`` for embedding models, ``write_values`` for value-only models,
-``write_nifti`` for a NIfTI input or a DICOM series a SEG cannot reference);
+``check_result`` runs after ``predict`` whether the workflow names it or not (every result is
+checked against its card's plausible ranges). Some output steps also run when the workflow does
+not name them, because the model's result needs them (``write_embedding`` for embedding models,
+``write_values`` for value-only models, ``write_nifti`` for a NIfTI input or a DICOM series a SEG
+cannot reference);
 :func:`series_steps` gives the exact steps of one series, which is what ``--json-progress``
 announces in ``series_start``.
 """
@@ -19,6 +21,7 @@ from collections.abc import Iterable
 
 from medhub.errors import MedhubError
 from medhub.pipeline.steps.base import ModelOutput, Phase, Plan, SeriesWork, SourceKind, Step, StepName, model_outputs
+from medhub.pipeline.steps.check_result import CheckResult
 from medhub.pipeline.steps.load import Load
 from medhub.pipeline.steps.predict import Predict
 from medhub.pipeline.steps.select import Select
@@ -36,6 +39,7 @@ STEPS: dict[StepName, Step] = {step.name: step for step in (
     Select(),
     Load(),
     Predict(),
+    CheckResult(),
     WriteEmbedding(),
     WriteValues(),
     WriteSeg(),
@@ -77,6 +81,7 @@ def series_steps(requested: list[StepName], outputs: set[ModelOutput], source: S
     plan = Plan(requested=requested, outputs=outputs, source=source)
     named = [n for n in requested if STEPS[n].phase is not Phase.SELECT and STEPS[n].runs(plan)]
     implied = [n for n, step in STEPS.items()
-               if n not in requested and step.phase is Phase.OUTPUT and step.runs(plan)]
-    first_output = next((i for i, n in enumerate(named) if STEPS[n].phase is Phase.OUTPUT), len(named))
-    return named[:first_output] + implied + named[first_output:]
+               if n not in requested and step.phase in (Phase.CHECK, Phase.OUTPUT) and step.runs(plan)]
+    first_later = next((i for i, n in enumerate(named) if STEPS[n].phase >= Phase.CHECK), len(named))
+    later = sorted(implied + named[first_later:], key=lambda n: STEPS[n].phase is Phase.OUTPUT)  # stable: checks first
+    return named[:first_later] + later

@@ -37,6 +37,7 @@ class StepName(StrEnum):
     SELECT = "select"
     LOAD = "load"
     PREDICT = "predict"
+    CHECK_RESULT = "check_result"
     WRITE_EMBEDDING = "write_embedding"
     WRITE_VALUES = "write_values"
     WRITE_SEG = "write_seg"
@@ -49,12 +50,13 @@ class StepName(StrEnum):
 
 
 class Phase(IntEnum):
-    """Steps run in phase order: choose the series, read it, run the model, write the results."""
+    """Steps run in phase order: choose the series, read it, run the model, check the result, write it."""
 
     SELECT = 0
     LOAD = 1
     PREDICT = 2
-    OUTPUT = 3
+    CHECK = 3
+    OUTPUT = 4
 
 
 class SourceKind(StrEnum):
@@ -139,6 +141,8 @@ class SeriesWork:
     nifti: Path | None = None  # a NIfTI input
     volume: Volume | None = None  # set by load
     prediction: Prediction | None = None  # set by predict
+    allow_implausible: bool = False  # a result outside its card's plausible ranges is a warning, not implausible
+    implausible: str = ""  # set by check_result: why the result is implausible (the series' reason)
     _source_labels: np.ndarray | None = field(default=None, repr=False)
     _present: set[int] | None = field(default=None, repr=False)
 

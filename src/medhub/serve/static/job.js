@@ -141,7 +141,7 @@
     const parts = [`model ${job.model}`, `workflow ${job.workflow}`];
     if (job.report && job.report.summary) {
       const s = job.report.summary;
-      parts.push(`${s.succeeded || 0} succeeded, ${s.failed || 0} failed, ${s.skipped || 0} skipped, ${s.rejected || 0} rejected`);
+      parts.push(`${s.succeeded || 0} succeeded, ${s.implausible ? `${s.implausible} implausible, ` : ""}${s.failed || 0} failed, ${s.skipped || 0} skipped, ${s.rejected || 0} rejected`);
     }
     $("job-summary").textContent = parts.join(" · ");
     if (job.error) showError(job.error);

@@ -1,0 +1,33 @@
+"""check_result: the prediction against the plausible ranges its card declares (:mod:`medhub.pipeline.plausibility`).
+
+It runs after ``predict`` for every series, named in ``execute`` or not. A result outside a
+range is *implausible*: its outputs are still written (to be looked at), but the series is
+reported as ``implausible`` with the reason, on stderr too, is not pushed, and the run's exit
+code is 1 — unless the run accepts implausible results (``--allow-implausible``), which turns
+the violation into a warning.
+"""
+
+from __future__ import annotations
+
+from medhub.pipeline.plausibility import check_result
+from medhub.pipeline.steps.base import Phase, Plan, SeriesWork, Step, StepName
+
+
+class CheckResult(Step):
+    name = StepName.CHECK_RESULT
+    phase = Phase.CHECK
+    description = "the result against the plausible ranges of the model's card"
+
+    def runs(self, plan: Plan) -> bool:
+        return True
+
+    def run(self, work: SeriesWork) -> None:
+        found = check_result(work.card, work.volume, work.require_prediction())
+        if found.violations:
+            if work.allow_implausible:
+                work.entry.warnings.append(f"{found.reason} (accepted: --allow-implausible)")
+            else:
+                work.implausible = found.reason
+        elif work.card.outputs.plausible:
+            work.note_once(f"plausible: the result is within the {len(work.card.outputs.plausible)} ranges of "
+                           "its card")
