@@ -153,11 +153,11 @@ def _run(model: str, input: str | None, output: Path, workflow: str | None, conf
             shutil.rmtree(scratch, ignore_errors=True)
     if not json_progress:
         print_run_summary(report)
-    for entry in report.series:  # what must be seen even on success: one line each, on stderr
-        if entry.status.value != "succeeded":
+    for series in report.series:  # what must be seen even on success: one line each, on stderr
+        if series.status.value != "succeeded":
             continue  # the run's last line names what did not succeed; its warnings are in the report
-        for warning in entry.warnings:
-            typer.echo(f"medhub: {entry.key}: {warning}", err=True)
+        for warning in series.warnings:
+            typer.echo(f"medhub: {series.key}: {warning}", err=True)
     if push is not None:
         _push(report, output, push)
     _exit_if_not_all_succeeded(report, output)

@@ -58,8 +58,11 @@ class JobOptions(BaseModel):
     labelmap: bool = Field(default=False, description="write a LABELMAP SEG instead of BINARY")
     seg_nrrd: bool = Field(default=False, description="also write <model>.seg.nrrd, 3D Slicer's segmentation file")
     set: list[str] = Field(default_factory=list, description="workflow overrides module.param=value")
-    allow_implausible: bool = Field(False, description="accept results outside the plausible ranges of the model's "
-                                                       "card (a warning in the report instead of a failed job)")
+    allow_implausible: bool = Field(
+        default=False,
+        description="accept results outside the plausible ranges of the model's card "
+                    "(a warning in the report instead of a failed job)",
+    )
 
 
 def parse_options(text: str | None) -> JobOptions:
