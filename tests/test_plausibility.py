@@ -137,9 +137,10 @@ def test_totalsegmentators_own_reference_is_plausible_and_its_mirror_is_not(refe
 def test_ct_body_results_on_real_ct_are_plausible() -> None:
     from medhub.inputs.load import load_series
     from medhub.inputs.scan import scan
-    from medhub.models.ct_body.runner import Runner
+    from medhub.hub.runtime import ModelRunner
 
-    card, runner = get_model("ct-body").card, Runner()
+    model = get_model("ct-body")
+    card, runner = model.card, ModelRunner(model)
     runner.load("cpu", {})
     volumes = [load_nifti(shared_path("ct/totalsegmentator_nifti/example_ct_sm.nii.gz")),
                load_series(scan(shared_path("ct/totalsegmentator_example_ct_dicom")).series[0])]
