@@ -135,9 +135,9 @@ def test_totalsegmentators_own_reference_is_plausible_and_its_mirror_is_not(refe
 
 
 def test_ct_body_results_on_real_ct_are_plausible() -> None:
+    from medhub.hub.runtime import ModelRunner
     from medhub.inputs.load import load_series
     from medhub.inputs.scan import scan
-    from medhub.hub.runtime import ModelRunner
 
     model = get_model("ct-body")
     card, runner = model.card, ModelRunner(model)
