@@ -207,6 +207,9 @@ def _keys_read(model_id: str) -> set[str]:
     for relative in RUNNER_SOURCES[model_id]:
         text = (Path(models.__file__).parent / relative).read_text()
         keys |= set(re.findall(r"(?:params|\bp)(?:\.get\(|\[)\"(\w+)\"", text))
+    if "roi_subset" in keys:  # handed over by the hub for --roi-subset, to a card that says outputs.roi_subset
+        assert get_model(model_id).card.outputs.roi_subset, f"{model_id} reads roi_subset; its card must say so"
+        keys.discard("roi_subset")
     if requires_torch(get_model(model_id).card):
         keys.add("threads")
     return keys

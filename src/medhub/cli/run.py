@@ -11,12 +11,44 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from medhub.cli.app import EXIT_NOTHING_DONE, EXIT_SOME_FAILED, DebugOption, app, console, new_table, user_errors
 from medhub.errors import MedhubError
 
+ROI_SUBSET_FLAGS = ("--roi-subset", "--roi_subset")
 
-@app.command()
+
+def gather_roi_subset(args: list[str]) -> list[str]:
+    """``--roi-subset LIVER SPLEEN -i ...`` → ``--roi-subset LIVER,SPLEEN -i ...``: names up to the next option.
+
+    TotalSegmentator's ``--roi_subset liver spleen`` takes several names after one flag; click's
+    options take one value each, so the names that follow the flag are joined before click parses.
+    """
+    gathered: list[str] = []
+    index = 0
+    while index < len(args):
+        token = args[index]
+        gathered.append(token)
+        index += 1
+        if token in ROI_SUBSET_FLAGS:
+            names = []
+            while index < len(args) and not args[index].startswith("-"):
+                names.append(args[index])
+                index += 1
+            if names:
+                gathered.append(",".join(names))
+    return gathered
+
+
+class _RunCommand(TyperCommand):
+    """``medhub run``, whose ``--roi-subset`` takes several names as TotalSegmentator's does."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, gather_roi_subset(list(args)))
+
+
+@app.command(cls=_RunCommand)
 @user_errors
 def run(
     model: Annotated[str, typer.Argument(help="Model name, e.g. deepbet or ct-body (see `medhub models`).")],
@@ -38,6 +70,11 @@ def run(
     statistics: Annotated[bool, typer.Option(
         "--statistics", help="Also write <model>.statistics.json/.csv per series: volume and image values per segment."
     )] = False,
+    roi_subset: Annotated[list[str] | None, typer.Option(
+        *ROI_SUBSET_FLAGS, metavar="NAME ...",
+        help="Keep only these segments of a multi-structure model (its segment IDs, e.g. --roi-subset LIVER SPLEEN; "
+             "`medhub info MODEL` lists them): in the SEG, RTSTRUCT, NIfTI and statistics. Models that can, "
+             "predict only these.")] = None,
     template: Annotated[str | None, typer.Option("--template", help="Output path template.")] = None,
     sample: Annotated[bool, typer.Option("--sample", help="Run on sample data shipped with a dependency.")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or mps.")] = "cpu",
@@ -64,7 +101,7 @@ def run(
     try:
         _run(model, input, output, workflow, config, set_ or [], rtstruct, nifti, seg_nrrd, labelmap, preview,
              statistics, template, sample, device, json_progress, resume, scheduler, workers, push, move_to,
-             move_port, pull, allow_implausible, debug)
+             move_port, pull, allow_implausible, debug, roi_subset or [])
     except MedhubError as exc:
         if json_progress:  # a program following the run learns why it ends with exit code 2
             from medhub.pipeline.progress import JsonLinesProgress
@@ -77,9 +114,10 @@ def _run(model: str, input: str | None, output: Path, workflow: str | None, conf
          rtstruct: bool, nifti: bool, seg_nrrd: bool, labelmap: bool, preview: bool, statistics: bool,
          template: str | None, sample: bool, device: str, json_progress: bool, resume: bool, scheduler: str | None,
          workers: int | None, push: str | None, move_to: str | None, move_port: int | None, pull: bool,
-         allow_implausible: bool, debug: bool) -> None:
+         allow_implausible: bool, debug: bool, roi_subset: list[str]) -> None:
     from medhub.hub.catalog import get_model
     from medhub.hub.devices import check_device
+    from medhub.hub.roi_subset import resolve_roi_subset
     from medhub.pipeline.layout import DEFAULT_TEMPLATE, check_template
     from medhub.pipeline.progress import JsonLinesProgress, RichProgress
     from medhub.pipeline.run import RunOptions
@@ -90,6 +128,7 @@ def _run(model: str, input: str | None, output: Path, workflow: str | None, conf
     # Every option is checked before any work (issue 13): a mistake costs one line and exit code 2.
     entry = get_model(model)
     device = check_device(device, entry.card)  # a device this model or machine cannot use
+    kept = resolve_roi_subset(entry.card, roi_subset)  # names the card does not have, or a one-segment model
     switches = ((rtstruct, StepName.WRITE_RTSTRUCT), (nifti, StepName.WRITE_NIFTI),
                 (statistics, StepName.WRITE_STATISTICS), (preview, StepName.WRITE_PREVIEW),
                 (seg_nrrd, StepName.WRITE_SEG_NRRD))
@@ -138,7 +177,7 @@ def _run(model: str, input: str | None, output: Path, workflow: str | None, conf
                              resume=resume, input_label=_input_label(input, sample, source, output),
                              input_record=archive,
                              input_provenance=provenance, input_in_output=sample, output_folder=claimed,
-                             allow_implausible=allow_implausible)
+                             allow_implausible=allow_implausible, roi_subset=kept)
         if scheduler or workers:
             from medhub.pipeline.cluster import DaskExecutor
 

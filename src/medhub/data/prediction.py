@@ -73,6 +73,21 @@ class Prediction:
         """How many voxels carry label ``value``."""
         return 0 if self._counts is None else int(self._counts[value])
 
+    def restricted_to(self, keep: set[int]) -> Prediction:
+        """The same prediction with only the label values in ``keep`` (the others become background).
+
+        Why: ``--roi-subset`` writes only the named segments; every writer then follows this one
+        label map and its ``segments``. ``values`` and ``embedding`` are carried over unchanged
+        (the caller drops values that belong to removed segments).
+        """
+        if self.labels is None:
+            return self
+        lookup = np.zeros(MAX_LABEL + 1, dtype=np.uint8)
+        for value in keep:
+            lookup[value] = value
+        return Prediction(labels=lookup[self.labels], segments={v: s for v, s in self.segments.items() if v in keep},
+                          values=dict(self.values), embedding=self.embedding)
+
 
 def _checked_segments(segments: Any) -> dict[int, str]:
     if not isinstance(segments, dict):

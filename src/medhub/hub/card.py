@@ -257,6 +257,10 @@ class OutputSpec(_Strict):
     classifications: list[ClassificationSpec] = Field(default_factory=list)
     plausible: list[PlausibleRange] = Field(
         default_factory=list, description="the ranges every correct result falls in (checked after every prediction)")
+    roi_subset: bool = Field(
+        default=False,
+        description="true: predict receives a run's --roi-subset as params['roi_subset'] (the segment IDs to keep) "
+                    "and may predict only those to save time; the hub keeps only those segments either way")
 
     @field_validator("segments")
     @classmethod

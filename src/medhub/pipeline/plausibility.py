@@ -34,6 +34,7 @@ class Plausibility:
 
     checks: int = 0
     violations: list[str] = field(default_factory=list)
+    skipped: int = 0  # ranges naming segments the model was not asked for (--roi-subset)
 
     @property
     def reason(self) -> str:
@@ -41,8 +42,14 @@ class Plausibility:
         return "implausible: " + "; ".join(self.violations)
 
 
-def check_result(card: Any, volume: Volume | None, prediction: Prediction) -> Plausibility:
-    """Measure ``prediction`` (on the grid of ``volume``) against the card's plausible ranges."""
+def check_result(card: Any, volume: Volume | None, prediction: Prediction,
+                 predicted: set[str] | None = None) -> Plausibility:
+    """Measure ``prediction`` (on the grid of ``volume``) against the card's plausible ranges.
+
+    ``predicted``: the segments the model was asked for, when it predicted only some
+    (``--roi-subset`` handed to the runner): a range naming another segment cannot be judged and
+    is left out (``skipped`` counts them). None: the model predicted all its segments.
+    """
     found = Plausibility()
     for name, value in prediction.values.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -55,6 +62,9 @@ def check_result(card: Any, volume: Volume | None, prediction: Prediction) -> Pl
             found.violations.append(f"the embedding holds {int((~np.isfinite(vector)).sum())} values that are not "
                                     "finite numbers")
     rules: list[PlausibleRange] = list(card.outputs.plausible)
+    if predicted is not None:
+        judged = [rule for rule in rules if _judged(rule, card, predicted)]
+        found.skipped, rules = len(rules) - len(judged), judged
     if not rules:
         return found
     measure = _Measure(volume, prediction)
@@ -67,6 +77,15 @@ def check_result(card: Any, volume: Volume | None, prediction: Prediction) -> Pl
 
 
 # ----------------------------------------------------------------------------------- the rules
+
+
+def _judged(rule: PlausibleRange, card: Any, predicted: set[str]) -> bool:
+    """Can ``rule`` be judged when the model predicted only ``predicted``? (A value: when its segment was.)"""
+    if rule.value is not None:
+        volume_of = {spec.name: spec.volume_of for spec in card.outputs.values}
+        segment = volume_of.get(rule.value)
+        return segment is None or segment in predicted
+    return set(rule.segments_named()) <= predicted
 
 
 def _value_problem(rule: PlausibleRange, prediction: Prediction) -> str | None:

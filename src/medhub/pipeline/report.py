@@ -115,6 +115,7 @@ class RunReport:
     input_path: str = ""  # the local input as read: relative to the output folder when inside it, else absolute
     device: str = ""  # the device the model ran on, after the check against the card and the machine
     input_provenance: list[dict[str, Any]] = field(default_factory=list)  # e.g. IDC series, collection, licence
+    roi_subset: list[str] = field(default_factory=list)  # --roi-subset: the only segments written (empty: all)
     started: float = field(default_factory=time.time)
     finished: float = 0.0
     files_seen: int = 0

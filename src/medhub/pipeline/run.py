@@ -21,6 +21,7 @@ from medhub.errors import MedhubError, SeriesSkipped
 from medhub.files import OutputFolder, check_output_location, new_run_token, writing_as
 from medhub.hub.devices import check_device
 from medhub.hub.envs import check_env_built
+from medhub.hub.roi_subset import resolve_roi_subset
 from medhub.hub.workflow import Workflow
 from medhub.inputs.load import missing_uids
 from medhub.inputs.scan import scan
@@ -77,6 +78,7 @@ class RunOptions:
     output_folder: OutputFolder | None = None  # claimed by the caller (it wrote into it before the run: --sample)
     run_token: str | None = None  # the token of this run's temporary files (a Dask worker gets the client's)
     allow_implausible: bool = False  # a result outside its card's plausible ranges succeeds, with a warning
+    roi_subset: tuple[str, ...] = ()  # --roi-subset: the segments to keep (names checked against the card in run())
 
 
 class Pipeline:
@@ -117,6 +119,8 @@ class Pipeline:
         the scan), before the first temporary file.
         """
         self.options.device = self.report.device = check_device(self.options.device, self.model.card)  # before any work
+        self.options.roi_subset = resolve_roi_subset(self.model.card, self.options.roi_subset)  # the card's IDs
+        self.report.roi_subset = list(self.options.roi_subset)
         check_workflow(self.workflow, self.model.card)  # before any work: one line naming the key
         check_env_built(self.model.card)  # a model that runs in its own environment: built by `medhub pull`, never here
         source = self.options.input_path
@@ -201,6 +205,8 @@ class Pipeline:
         weights = [f"{w.name}:{w.sha256 or w.bundled_in or ''}" for w in card.weights]
         parts = [medhub.__version__, card.id, str(card.version), *weights, self.workflow.model_dump_json(),
                  self.options.template]
+        if self.options.roi_subset:  # other segments kept: other outputs
+            parts.append("roi_subset=" + ",".join(self.options.roi_subset))
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
     def _resume(self, chosen: list[Series]) -> list[Series]:
@@ -279,7 +285,7 @@ class Pipeline:
         return SeriesWork(model=self.model, workflow=self.workflow, output_dir=options.output_dir,
                           template=options.template, device=options.device, progress=options.progress,
                           entry=entry, fields=fields, series=series, nifti=nifti,
-                          allow_implausible=options.allow_implausible)
+                          allow_implausible=options.allow_implausible, roi_subset=tuple(options.roi_subset))
 
     def _run_steps(self, work: SeriesWork, names: list[StepName]) -> None:
         """Run ``names`` in order on one series; the entry ends succeeded, skipped or failed with the reason."""

@@ -31,6 +31,7 @@ from medhub.errors import MedhubError
 from medhub.hub.catalog import ModelEntry, get_model
 from medhub.hub.devices import check_card_device
 from medhub.hub.envs import check_env_built
+from medhub.hub.roi_subset import resolve_roi_subset
 from medhub.hub.workflow import Workflow, selection_rules
 from medhub.inputs.nifti import read_nifti_image
 from medhub.inputs.scan import scan
@@ -62,6 +63,11 @@ class JobOptions(BaseModel):
         default=False,
         description="accept results outside the plausible ranges of the model's card "
                     "(a warning in the report instead of a failed job)",
+    )
+    roi_subset: list[str] = Field(
+        default_factory=list,
+        description="keep only these segments of a multi-structure model (its segment IDs, as medhub run "
+                    "--roi-subset); checked against the model's card",
     )
 
 
@@ -280,6 +286,7 @@ class JobService:
         options = parse_options(options_text)
         try:
             resolved = job_workflow(entry, workflow or "default", options)
+            options.roi_subset = list(resolve_roi_subset(entry.card, options.roi_subset))  # the card's own IDs
         except ApiError:
             raise
         except MedhubError as exc:
@@ -417,6 +424,7 @@ class JobService:
                 progress=sink,
                 resume=True,  # a re-run after a restart keeps the series an earlier attempt finished
                 allow_implausible=bool((job.options or {}).get("allow_implausible", False)),
+                roi_subset=tuple((job.options or {}).get("roi_subset") or ()),
             )
             report = Pipeline(entry, options).run()  # the runner cache makes jobs on one model take turns
         except MedhubError as exc:

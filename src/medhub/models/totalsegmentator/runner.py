@@ -19,6 +19,13 @@ Why this shape:
 * Fast mode (default) is Dataset297 (3 mm); ``fast: false`` runs Dataset291-295 (1.5 mm). The
   SHA-256 of Dataset292-295 is not known here, so they are not on the card: they are taken from
   the cache or the mirror folder, checked by size only, and the log says they are unverified.
+* ``--roi-subset`` (``params["roi_subset"]``, the card declares ``outputs.roi_subset``) is handed
+  to TotalSegmentator where it saves time: in full mode, as ``roi_subset_robust``, TotalSegmentator
+  locates the structures with the 3 mm model (Dataset297, fetched through the weights manager)
+  and runs only the 1.5 mm models that hold them, on a crop around them. Its plain ``roi_subset``
+  would locate them with Dataset298 (6 mm), which the card does not declare and TotalSegmentator
+  would download unverified. In fast mode the one 3 mm pass already predicts every class, and a
+  locating pass would cost more than it saves: the hub filters the result instead.
 
 TotalSegmentator's dependency chain pulls torch 2.14.1 (see the card), so this runner normally
 runs in the model's own environment; it imports TotalSegmentator only in :meth:`Runner.load`.
@@ -41,9 +48,10 @@ from typing import Any
 import numpy as np
 
 import medhub
-from medhub.hub.weights import ENV_MIRROR, mirror_setting, weights_cache_dir
+from medhub.hub.weights import ENV_MIRROR, WeightFile, ensure_weights, mirror_setting, weights_cache_dir
 
 FAST_DATASETS = (297,)
+LOCATOR_DATASET = 297  # the 3 mm model TotalSegmentator's roi_subset_robust locates the structures with
 FULL_DATASETS = (291, 292, 293, 294, 295)
 _RELEASE = "https://github.com/wasserth/TotalSegmentator/releases/download/v2.0.0-weights/"
 _MARKER = ".medhub-unpacked"
@@ -156,6 +164,22 @@ def prepare_weights(context: medhub.RunnerContext, fast: bool) -> Path:
     return root
 
 
+def prepare_locator(context: medhub.RunnerContext) -> None:
+    """Unpack the 3 mm model (Dataset297) beside the 1.5 mm ones: ``roi_subset_robust`` locates the structures with it.
+
+    Fetched and verified by medhub's weights manager (cache, mirror, SHA-256), never by TotalSegmentator.
+    """
+    spec = next((w for w in context.card.weights if dataset_id(str(w.name)) == LOCATOR_DATASET), None)
+    if spec is None or spec.url is None or spec.sha256 is None:
+        raise medhub.MedhubError(f"model {context.model_id}: no verified weights entry for TotalSegmentator "
+                                 f"Dataset{LOCATOR_DATASET}, which --roi-subset needs in the full workflow")
+    file = WeightFile(name=str(spec.name), url=str(spec.url), sha256=str(spec.sha256), size=spec.size)
+    path = ensure_weights(context.model_id, [file])[file.name]
+    root = results_dir(context.model_id)
+    root.mkdir(parents=True, exist_ok=True)
+    _unpack(path, root, str(spec.sha256))
+
+
 class Runner(medhub.Runner):
     """Unpacks the weights and imports TotalSegmentator in :meth:`load`; :meth:`predict` calls its python API."""
 
@@ -170,6 +194,8 @@ class Runner(medhub.Runner):
         self._nib = medhub.require_module("nibabel", context.model_id)
         self._api = medhub.require_module("totalsegmentator.python_api", context.model_id, pip_name="TotalSegmentator")
         binary = medhub.require_module("totalsegmentator.map_to_binary", context.model_id, pip_name="TotalSegmentator")
+        self._class_names: dict[int, str] = dict(binary.class_map["total"])  # label value → TotalSegmentator's name
+        self._locator_ready = False
         unmapped = sorted(set(binary.class_map["total"]) - set(context.card.outputs.segments))
         if unmapped:  # an installed TotalSegmentator with classes this card does not know
             names = ", ".join(binary.class_map["total"][v] for v in unmapped[:5])
@@ -181,12 +207,28 @@ class Runner(medhub.Runner):
         if min(volume.array.shape) < 2:
             raise medhub.SeriesSkipped(f"TotalSegmentator needs a 3D volume, got a single plane {volume.array.shape}")
         image = self._nib.Nifti1Image(np.asarray(volume.array, dtype=np.float32), volume.affine_ras)
+        arguments = self.upstream_arguments(params)
+        if "roi_subset_robust" in arguments and not self._locator_ready:
+            prepare_locator(self.context)
+            self._locator_ready = True
         with contextlib.redirect_stdout(io.StringIO()):  # its progress prints would corrupt --json output
-            result = self._api.totalsegmentator(
-                image, None, task="total", fast=self._fast, ml=True, device=self._device,
-                quiet=True, nr_thr_resamp=1, nr_thr_saving=1,
-            )  # fmt: skip
+            result = self._api.totalsegmentator(image, None, **arguments)
         labels = np.asarray(result.dataobj).astype(np.uint8)
         segments = self.context.card.outputs.segments
         present = np.flatnonzero(np.bincount(labels.ravel(), minlength=256))
         return medhub.Prediction(labels=labels, segments={int(v): segments[int(v)] for v in present if v in segments})
+
+    def upstream_arguments(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of ``totalsegmentator.python_api.totalsegmentator`` for one prediction.
+
+        A ``roi_subset`` (the card's segment IDs) becomes TotalSegmentator's class names as
+        ``roi_subset_robust`` in full mode only (see the module's docstring for why not in fast mode).
+        """
+        arguments: dict[str, Any] = {"task": "total", "fast": self._fast, "ml": True, "device": self._device,
+                                     "quiet": True, "nr_thr_resamp": 1, "nr_thr_saving": 1}
+        subset = set(params.get("roi_subset") or ())
+        if subset and not self._fast:
+            segments = self.context.card.outputs.segments
+            arguments["roi_subset_robust"] = [self._class_names[int(value)] for value in sorted(segments)
+                                              if segments[value] in subset]
+        return arguments

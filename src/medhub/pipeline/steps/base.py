@@ -142,6 +142,8 @@ class SeriesWork:
     volume: Volume | None = None  # set by load
     prediction: Prediction | None = None  # set by predict
     allow_implausible: bool = False  # a result outside its card's plausible ranges is a warning, not implausible
+    roi_subset: tuple[str, ...] = ()  # --roi-subset: the segment IDs kept (empty: all); checked against the card
+    unfiltered: Prediction | None = None  # set by predict under --roi-subset: the whole result, for check_result
     implausible: str = ""  # set by check_result: why the result is implausible (the series' reason)
     _source_labels: np.ndarray | None = field(default=None, repr=False)
     _present: set[int] | None = field(default=None, repr=False)

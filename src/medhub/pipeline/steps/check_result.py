@@ -22,12 +22,23 @@ class CheckResult(Step):
         return True
 
     def run(self, work: SeriesWork) -> None:
-        found = check_result(work.card, work.volume, work.require_prediction())
+        # Under --roi-subset the whole result is judged where there is one; a runner that was handed the subset
+        # may have predicted only those segments, so ranges naming others are left out.
+        passed_on = bool(work.roi_subset) and bool(work.card.outputs.roi_subset)
+        found = check_result(work.card, work.volume, work.unfiltered or work.require_prediction(),
+                             predicted=set(work.roi_subset) if passed_on else None)
+        work.unfiltered = None  # the writers follow the kept segments only
         if found.violations:
             if work.allow_implausible:
                 work.entry.warnings.append(f"{found.reason} (accepted: --allow-implausible)")
             else:
                 work.implausible = found.reason
+        elif found.skipped and len(work.card.outputs.plausible) > found.skipped:
+            work.note_once(f"plausible: the result is within the {len(work.card.outputs.plausible) - found.skipped} "
+                           f"ranges of its card that name the kept segments ({found.skipped} name others)")
+        elif found.skipped:
+            work.note_once(f"plausibility not checked: the {found.skipped} ranges of its card name segments outside "
+                           "--roi-subset")
         elif work.card.outputs.plausible:
             work.note_once(f"plausible: the result is within the {len(work.card.outputs.plausible)} ranges of "
                            "its card")
