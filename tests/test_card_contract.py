@@ -372,3 +372,23 @@ def test_a_wrong_reference_in_the_card_fails_the_check(tmp_path, monkeypatch):
     fails = [r.line() for r in check_model(str(folder), work_dir=tmp_path / "work") if r.failed]
     assert any(f.startswith("FAIL reference: BONE 2008 voxels, reference 2100 (rtol 0.001)") for f in fails), fails
     assert any(f.startswith("FAIL reference: value bone_volume_ml = 54.216, reference 50") for f in fails), fails
+
+
+def test_every_built_in_workflow_writes_a_binary_seg_unless_labelmap_is_asked_for():
+    """LABELMAP SEG (DICOM 2024) is unknown to older viewers and validators: BINARY is every built-in default."""
+    from medhub.pipeline.steps import STEPS, StepName
+    from medhub.pipeline.workflows import resolve_workflow
+
+    assert STEPS[StepName.WRITE_SEG].parameters["labelmap"].default is False
+    writing_seg = []
+    for listed in list_entries():
+        if not listed.origin.startswith("built-in"):
+            continue
+        entry = get_model(listed.id)
+        for name in entry.workflows:
+            workflow = resolve_workflow(entry, name=name)
+            if StepName.WRITE_SEG.value in workflow.execute:
+                assert workflow.params("write_seg").get("labelmap", False) is False, (listed.id, name)
+                assert resolve_workflow(entry, name=name, labelmap=True).params("write_seg")["labelmap"] is True
+                writing_seg.append((listed.id, name))
+    assert {("totalsegmentator", "default"), ("totalsegmentator", "full"), ("ct-body", "default")} <= set(writing_seg)

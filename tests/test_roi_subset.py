@@ -173,6 +173,7 @@ def test_the_seg_and_rtstruct_hold_only_the_named_segment_and_are_valid(runs: di
     seg_path, rtstruct_path = _one(runs["bone"], "*.seg.dcm"), _one(runs["bone"], "*.rtstruct.dcm")
     seg = pydicom.dcmread(seg_path)
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Bone"]
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.SegmentationType == "BINARY"  # the default
     assert len(pydicom.dcmread(_one(runs["all"], "*.seg.dcm")).SegmentSequence) >= 2
     rtstruct = pydicom.dcmread(rtstruct_path)
     assert [roi.ROIName for roi in rtstruct.StructureSetROISequence] == ["Bone"]
