@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import nibabel as nib
@@ -107,6 +108,15 @@ def isolated(test_env: Path):
 
 
 # -- deciding --------------------------------------------------------------------------------
+def test_installed_versions_are_importlib_metadatas() -> None:
+    """The header-block reader of installed_version says what metadata.version says, for every installed
+    distribution (torch's and others' METADATA carry long descriptions after the headers)."""
+    names = sorted({d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"]})
+    assert len(names) > 20 and "numpy" in names
+    assert {n: envs.installed_version(n) for n in names} == {n: metadata.version(n) for n in names}
+    assert envs.installed_version("surely-not-installed-pkg") is None
+
+
 def test_needs_isolation_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(config.ISOLATION, raising=False)
     assert np.__version__.startswith("2."), "the conflict this file tests needs numpy 2 in medhub's environment"

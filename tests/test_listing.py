@@ -153,3 +153,21 @@ def test_a_source_that_does_not_say_what_it_reads_is_never_cached(cache: Path, m
     monkeypatch.setattr(catalog, "entry_points", with_opaque_source)
     listing, paths = build_listing()
     assert paths is None and "ct-body" in {e["id"] for e in listing.entries}
+
+
+def test_environments_sharing_an_interpreter_keep_their_own_listing(cache: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another PYTHONPATH (a second checkout) or the ``medhub`` script's folder on sys.path: another file,
+    so two such environments do not take turns rebuilding one shared listing."""
+    first = Listing(entries=[{"id": "first"}], problems=[])
+    save_listing(first, [])
+    first_file = cache_file()
+    checkout = cache / "other-checkout" / "src"
+    checkout.mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(checkout))
+    assert cache_file() != first_file and load_listing() is None
+    second = Listing(entries=[{"id": "second"}], problems=[])
+    save_listing(second, [])
+    assert load_listing() == second
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(checkout)])
+    assert cache_file() == first_file and load_listing() == first  # not evicted by the other environment

@@ -86,11 +86,23 @@ def parse_requirements(card: Any) -> list[Requirement]:
 
 
 def installed_version(name: str) -> str | None:
-    """Version of a distribution in the running environment, or None when it is not installed."""
+    """Version of a distribution in the running environment, or None when it is not installed.
+
+    The distribution importlib.metadata finds first, as ``metadata.version`` does; but its
+    ``Version`` header is read from the metadata's header block instead of parsing the whole file
+    with the ``email`` package (torch's and TotalSegmentator's METADATA carry their READMEs): the
+    18 requirements of the built-in cards took 0.06 s of the 0.25 s a ``medhub models`` takes.
+    """
     try:
-        return metadata.version(name)
+        distribution = metadata.distribution(name)
     except metadata.PackageNotFoundError:
         return None
+    text = distribution.read_text("METADATA") or distribution.read_text("PKG-INFO") or ""
+    headers = text.replace("\r\n", "\n").partition("\n\n")[0]  # the body (long description) follows a blank line
+    for line in headers.split("\n"):
+        if line.startswith("Version:"):
+            return line[len("Version:"):].strip()
+    return distribution.version  # unusual metadata: the standard parser decides
 
 
 def unsatisfied(card: Any) -> list[str]:
