@@ -189,6 +189,26 @@ def check_ready(work: Path, plastimatch: str) -> None:
         sys.exit(f"overhead: missing {', '.join(missing)}; run bench/setup_peers.sh {work} first")
 
 
+def compile_bytecode() -> str:
+    """Byte-compile medhub's package and the measured process module, as ``pip install`` does.
+
+    A Python that does not write bytecode (``PYTHONDONTWRITEBYTECODE``, ``-B``: common in CI and in
+    these shared sessions) would otherwise compile medhub's ~100 modules from source in every
+    measured process, and a source checkout run with ``PYTHONPATH`` has no bytecode until some
+    process writes it; an installed medhub always has it. The peers' Python packages have theirs
+    from their installs. Returns the package folder compiled (the one the measured processes import).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("medhub")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("overhead: medhub is not importable from this interpreter (pip install -e . or PYTHONPATH=src)")
+    package = list(spec.submodule_search_locations)[0]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", package, str(HERE / "overhead_process.py")],
+                   check=True, stdout=subprocess.DEVNULL)
+    return package
+
+
 def warm(work: Path) -> None:
     """Read the inputs once so every case starts on a warm page cache."""
     for folder in ("unsorted300", "series/ct300", "labels"):
@@ -385,6 +405,8 @@ def main_bench(args) -> int:
     res = work / "results"
     res.mkdir(parents=True, exist_ok=True)
     (work / "out" / "overhead").mkdir(parents=True, exist_ok=True)
+    package = compile_bytecode()
+    print(f"medhub measured from {package} (byte-compiled)", flush=True)
     warm(work)
     order = list(cases.values())
     with open(res / "overhead.log", "a") as log, open(res / "overhead.jsonl", "a") as jl:
@@ -425,7 +447,7 @@ def main_bench(args) -> int:
                  if loads else "")
     lines = [f"# overhead benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
              f"{os.cpu_count()} cores, Python {platform.python_version()}, {args.rounds} rounds + 1 warm-up, "
-             f"{load_text}", ""]
+             f"{load_text}", f"medhub from {package}", ""]
     lines += summarize(cases, medhub_name)
     if loads and statistics.median(loads) > (os.cpu_count() or 1) * 0.75:
         lines += ["", f"WARNING: median 1-min load average during the runs was {statistics.median(loads):.1f} on "
