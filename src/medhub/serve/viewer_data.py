@@ -136,7 +136,7 @@ def viewer_files(job_dir: Path | RunFolders, series: str, model: str | None = No
             return files
         volume = find_input_volume(run.input, series, run.output)
         labels = read_labels(labels_path, volume, model)
-        _build(files, volume, labels, stamp, model, series)
+        _build(files, volume, labels, stamp, model, series, kept=_roi_subset(run.output))
     return files
 
 
@@ -149,6 +149,15 @@ def _model_name(output: Path, model: str | None) -> str | None:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         return json.loads((output / REPORT_NAME).read_text(encoding="utf-8")).get("model")
     return None
+
+
+def _roi_subset(output: Path) -> set[str] | None:
+    """The segments a ``--roi-subset`` run kept (None: all the model's): the others are not in its results."""
+    try:
+        kept = json.loads((output / REPORT_NAME).read_text(encoding="utf-8")).get("roi_subset")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {str(segment) for segment in kept} if isinstance(kept, list) and kept else None
 
 
 def _report_entry(output: Path, series: str) -> dict[str, Any] | None:
@@ -306,8 +315,12 @@ def subsample_factor(shape: tuple[int, ...]) -> int:
     return factor
 
 
-def segment_table(labels: np.ndarray, voxel_ml: float, model: str | None) -> list[dict[str, Any]]:
-    """One row per segment of the model (and per unexpected label found): name, colour, voxels, ml."""
+def segment_table(labels: np.ndarray, voxel_ml: float, model: str | None,
+                  kept: set[str] | None = None) -> list[dict[str, Any]]:
+    """One row per segment of the model (and per unexpected label found): name, colour, voxels, ml.
+
+    ``kept``: the segments of a ``--roi-subset`` run; the model's others were not written, so get no row.
+    """
     counts = np.zeros(256, dtype=np.int64)
     for z in range(labels.shape[2]):  # slice by slice: bincount widens to int64, a whole volume would be GBs
         counts += np.bincount(labels[:, :, z].ravel(), minlength=256)[:256]
@@ -315,6 +328,8 @@ def segment_table(labels: np.ndarray, voxel_ml: float, model: str | None) -> lis
     if model:
         with contextlib.suppress(MedhubError):
             declared = dict(get_model(model).card.outputs.segments)
+    if kept:
+        declared = {value: segment for value, segment in declared.items() if segment in kept}
     rows = []
     for label in sorted(set(declared) | {int(v) for v in np.flatnonzero(counts[1:]) + 1}):
         segment_id, name, color = declared.get(label, f"LABEL_{label}"), f"label {label}", [128, 128, 128]
@@ -327,13 +342,13 @@ def segment_table(labels: np.ndarray, voxel_ml: float, model: str | None) -> lis
     return rows
 
 
-def viewer_arrays(volume: Volume, labels: np.ndarray, model: str | None = None
+def viewer_arrays(volume: Volume, labels: np.ndarray, model: str | None = None, kept: set[str] | None = None
                   ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """(meta, image int16, labels uint8) in LPS axis order, subsampled; arrays are ``[x, y, z]``."""
     if labels.shape != volume.array.shape:
         raise MedhubError(f"labels of shape {labels.shape} for a volume of shape {volume.array.shape}")
     voxel_ml = abs(float(np.linalg.det(volume.affine_lps[:3, :3]))) / 1000.0
-    segments = segment_table(labels, voxel_ml, model)
+    segments = segment_table(labels, voxel_ml, model, kept)
     image, affine = to_lps(volume.array, volume.affine_lps)
     labels, _ = to_lps(labels, volume.affine_lps)
     source_shape = list(image.shape)
@@ -431,8 +446,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _build(files: ViewerFiles, volume: Volume, labels: np.ndarray, stamp: dict[str, Any],
-           model: str | None, series: str) -> None:
-    meta, image, labels_out = viewer_arrays(volume, labels, model)
+           model: str | None, series: str, kept: set[str] | None = None) -> None:
+    meta, image, labels_out = viewer_arrays(volume, labels, model, kept)
     meta["series"] = series
     meta["_cache"] = stamp
     files.folder.mkdir(parents=True, exist_ok=True)
