@@ -181,6 +181,25 @@ def test_the_seg_and_rtstruct_hold_only_the_named_segment_and_are_valid(runs: di
     assert_valid_dicom(rtstruct_path)
 
 
+def test_resume_redoes_a_series_made_with_another_subset(ct_with_uids: Path, tmp_path: Path) -> None:
+    """--resume takes a finished series only when it kept the same segments: its files would differ otherwise."""
+    out = tmp_path / "out"
+    first = medhub("run", "ct-body", "--input", str(ct_with_uids), "--output", str(out), "--roi-subset", "BONE")
+    assert first.returncode == 0, first.stderr
+    same = medhub("run", "ct-body", "--input", str(ct_with_uids), "--output", str(out), "--roi-subset", "bone",
+                  "--resume")
+    assert same.returncode == 0, same.stderr
+    notes = json.loads((out / "medhub-report.json").read_text(encoding="utf-8"))["series"][0]["notes"]
+    assert any(note.startswith("resumed:") for note in notes), notes
+    other = medhub("run", "ct-body", "--input", str(ct_with_uids), "--output", str(out), "--roi-subset", "BODY",
+                   "--resume")
+    assert other.returncode == 0, other.stderr
+    series = json.loads((out / "medhub-report.json").read_text(encoding="utf-8"))["series"][0]
+    assert series["notes"][0].endswith("or another --roi-subset"), series["notes"]
+    seg = pydicom.dcmread(_one(out, "*.seg.dcm"))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Body"]
+
+
 # ----------------------------------------------------------------------------------- the server
 
 

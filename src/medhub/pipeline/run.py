@@ -228,7 +228,8 @@ class Pipeline:
                 continue
             why = ""
             if made_with != fingerprint:
-                why = "redone: the earlier result was made with another medhub or model version, or another workflow"
+                why = "redone: the earlier result was made with another medhub or model version, another workflow " \
+                      "or another --roi-subset"
             elif previous.input_signature != input_signature(series):
                 why = f"redone: the input changed since the earlier result ({_change(previous, series)})"
             if why:
