@@ -276,7 +276,8 @@ def _check_padding_masked(out: Path, report: dict[str, Any]) -> None:
 
     (entry,) = report["series"]
     labels = np.asarray(nib.load(out / next(o for o in entry["outputs"] if o.endswith(".nii.gz"))).dataobj)
-    ring = _ring().T  # NIfTI array [x=column, y=row, z]
+    labels = labels[:, ::-1, :]  # dcm2niix's voxel order (rows reversed for an axial CT) back to DICOM's
+    ring = _ring().T  # array [x=column, y=row, z]
     assert not labels[ring].any(), "padding outside the reconstruction circle was segmented"
     assert labels[~ring].any(), "the phantom inside the circle must still be segmented"
 

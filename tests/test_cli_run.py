@@ -138,7 +138,8 @@ def test_series_without_uids_gets_nifti_and_says_why(flat_run) -> None:
     _, out, _ = flat_run
     entry = next(e for e in _report(out)["series"] if e["key"].startswith("nouid-"))
     assert entry["status"] == "succeeded"
-    assert [Path(o).name for o in entry["outputs"]] == ["ct-body.nii.gz"]
+    # the label map and its labels; no image (the run did not ask for --nifti)
+    assert [Path(o).name for o in entry["outputs"]] == ["ct-body.nii.gz", "ct-body.labels.json"]
     assert any("StudyInstanceUID" in note for note in entry["notes"]), entry["notes"]
     image = nib.load(out / entry["outputs"][0])
     assert image.shape == (512, 512, 20)
@@ -302,8 +303,10 @@ def test_workflow_config_and_overrides(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = _report(out)
     assert report["workflow"] == "mine"
-    assert report["series"][0]["outputs"] == ["CT/CT_Body_3.0.nii"]
-    assert (out / "CT/CT_Body_3.0.nii").is_file()
+    # The workflow names write_nifti: the label map, its labels and the image (no SeriesNumber: 0), uncompressed.
+    assert report["series"][0]["outputs"] == ["CT/CT_Body_3.0.nii", "CT/CT_Body_3.0.labels.json",
+                                              "CT/CT_Body_3.0_0.nii"]
+    assert all((out / o).is_file() for o in report["series"][0]["outputs"])
 
 
 def test_nifti_input_writes_nifti(tmp_path: Path) -> None:

@@ -356,5 +356,6 @@ def test_medhub_pull_then_run_end_to_end(tmp_path: Path, expected, assert_valid_
     nifti = [out / p for p in entry["outputs"] if p.endswith(".nii")]
     assert len(seg) == 1 and len(nifti) == 1
     assert_valid_dicom(seg[0])
-    assert np.array_equal(np.asarray(nib.load(nifti[0]).dataobj), expected.labels)
+    # the NIfTI is in dcm2niix's voxel order (tests/test_nifti_output.py): for this axial CT, rows reversed
+    assert np.array_equal(np.asarray(nib.load(nifti[0]).dataobj), expected.labels[:, ::-1, :])
     assert entry["values"] == expected.values

@@ -172,7 +172,8 @@ def test_an_mhub_config_runs_unchanged_on_real_ct(tmp_path: Path, assert_valid_d
     header = pydicom.dcmread(sorted(source.iterdir())[0], stop_before_pixels=True)
     sid, study = header.SeriesInstanceUID, header.StudyInstanceUID
     assert entry["status"] == "succeeded"
-    assert entry["outputs"] == [f"{sid}/ct_body.seg.dcm", f"{sid}/ct_body.rtstruct.dcm", f"{study}/{sid}.nii.gz"]
+    assert entry["outputs"] == [f"{sid}/ct_body.seg.dcm", f"{sid}/ct_body.rtstruct.dcm", f"{study}/{sid}.nii.gz",
+                                f"{study}/{sid}.labels.json"]  # the label names beside it; no image (MHub exports none)
     seg = pydicom.dcmread(out / entry["outputs"][0])
     assert seg.SeriesDescription == "CtBody" and seg.BodyPartExamined == "HEAD"
     assert pydicom.dcmread(out / entry["outputs"][1]).SeriesDescription == "CtBody"

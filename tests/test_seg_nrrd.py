@@ -25,6 +25,7 @@ from medhub.errors import MedhubError
 from medhub.inputs.load import load_series
 from medhub.inputs.scan import scan
 from medhub.segdb import get_segment
+from medhub.writers.nifti import dcm2niix_order
 from medhub.writers.seg_nrrd import slicer_terminology, write_seg_nrrd
 
 slicerio = pytest.importorskip("slicerio", reason="slicerio is not installed")
@@ -62,17 +63,19 @@ def test_run_with_seg_nrrd_round_trips_through_slicerio(ct_block, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (nrrd_path,) = out.rglob("*.seg.nrrd")
     assert nrrd_path.name == "ct-body.seg.nrrd"
-    (nifti_path,) = out.rglob("*.nii.gz")
+    (nifti_path,) = out.rglob("ct-body.nii.gz")  # the label map (--nifti writes the image beside it)
     report = json.loads((out / "medhub-report.json").read_text())
     assert str(nrrd_path.relative_to(out)) in report["series"][0]["outputs"]
 
     segmentation = slicerio.read_segmentation(str(nrrd_path))
     nifti = nib.load(nifti_path)
-    labels = np.asarray(nifti.dataobj)
+    # The NRRD keeps DICOM's voxel order (Slicer's), the NIfTI dcm2niix's: for this axial CT, rows reversed.
+    labels = np.asarray(nifti.dataobj)[:, ::-1, :]
     assert segmentation["voxels"].shape == labels.shape
     assert np.array_equal(segmentation["voxels"], labels)
-    # geometry: the NRRD's IJK→LPS is the NIfTI's (RAS) affine and the CT's own
-    np.testing.assert_allclose(LPS_TO_RAS @ segmentation["ijkToLPS"], nifti.affine, atol=1e-4)
+    # geometry: the NRRD's IJK→LPS is the NIfTI's (RAS) affine, rows reversed, and the CT's own
+    in_nifti_order = dcm2niix_order(segmentation["voxels"], segmentation["ijkToLPS"], acquisition_3d=False)
+    np.testing.assert_allclose(in_nifti_order[1], nifti.affine, atol=1e-4)
     (series,) = scan(ct_block).series
     volume = load_series(series)
     np.testing.assert_allclose(segmentation["ijkToLPS"], volume.affine_lps, atol=1e-4)

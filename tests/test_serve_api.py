@@ -38,6 +38,7 @@ from medhub.hub.runtime import RUNNERS
 from medhub.hub.workflow import load_workflow_file
 from medhub.pipeline.run import RunOptions, run
 from medhub.serve.app import create_app
+from medhub.serve.jobs import job_workflow, parse_options
 from medhub.serve.settings import ServeSettings, is_loopback
 from medhub.serve.store import INTERRUPTED, Job, JobStatus, JobStore
 
@@ -178,7 +179,7 @@ def test_zip_job_streams_progress_then_done_and_gives_nifti_and_report(live: htt
     assert "/jobs/" not in json.dumps(final)  # no server folder in what clients see (report input, output, notes)
 
     results = {item["kind"]: item for item in final["results"]}
-    assert set(results) == {"nifti", "report"}, final["results"]
+    assert set(results) == {"nifti", "labels", "report"}, final["results"]  # label map + its labels, no image
     assert final["report"]["series"][0]["status"] == "succeeded"
     assert any("cannot reference" in note for note in final["report"]["series"][0]["notes"])
 
@@ -204,7 +205,7 @@ def test_dicom_files_job_gives_valid_seg_and_rtstruct_equal_to_medhub_run(live: 
     job = wait_for(live, response.json()["id"])
     assert job["status"] == "succeeded", job
     kinds = sorted(item["kind"] for item in job["results"])
-    assert kinds == ["nifti", "report", "rtstruct", "seg"]
+    assert kinds == ["labels", "nifti", "report", "rtstruct", "seg"]
 
     archive = zipfile.ZipFile(io.BytesIO(live.get(f"/api/jobs/{job['id']}/results").content))
     archive.extractall(tmp_path / "api")
@@ -227,9 +228,19 @@ def test_dicom_files_job_gives_valid_seg_and_rtstruct_equal_to_medhub_run(live: 
     workflow.execute.append("write_nifti")
     run(entry, RunOptions(input_path=local_in, output_dir=tmp_path / "local-out", workflow=workflow))
     api_nifti = next(i["path"] for i in job["results"] if i["kind"] == "nifti")
-    local = nib.load(next((tmp_path / "local-out").rglob("*.nii.gz"))).get_fdata()
+    local = nib.load(next((tmp_path / "local-out").rglob("ct-body.nii.gz"))).get_fdata()  # not the image beside it
     remote = nib.load(tmp_path / "api" / api_nifti).get_fdata()
     assert np.array_equal(local, remote)
+
+
+def test_jobs_write_the_nifti_image_only_when_asked() -> None:
+    """A job always writes the label map (the viewer reads it) and its labels; the image, which the client
+    uploaded, only with ``"set": ["write_nifti.image=true"]``."""
+    entry = get_model("ct-body")
+    default = job_workflow(entry, "default", parse_options(None))
+    assert default.runs("write_nifti") and default.params("write_nifti")["image"] is False
+    asked = job_workflow(entry, "default", parse_options(json.dumps({"set": ["write_nifti.image=true"]})))
+    assert asked.params("write_nifti")["image"] is True
 
 
 def test_nifti_job(live: httpx.Client) -> None:

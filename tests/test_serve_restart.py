@@ -144,7 +144,7 @@ def test_killed_server_resumes_its_jobs_after_a_restart(tmp_path: Path, servers:
     assert resumed["status"] == "succeeded", resumed
     assert resumed["attempts"] == 2
     assert any("interrupted by a server restart" in note for note in resumed["notes"]), resumed["notes"]
-    assert sorted(item["kind"] for item in resumed["results"]) == ["nifti", "report", "seg"]
+    assert sorted(item["kind"] for item in resumed["results"]) == ["labels", "nifti", "report", "seg"]
     assert resumed["report"]["series"][0]["status"] == "succeeded"
     assert queued["status"] == "succeeded" and queued["attempts"] == 1 and queued["notes"] == []
     assert not list(data.rglob("*.partial")), "a killed write left a partial file behind"

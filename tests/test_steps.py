@@ -192,7 +192,9 @@ def test_run_writes_exactly_the_announced_steps_valid_dicom(tmp_path: Path, asse
     assert [e["step"] for e in events if e["event"] == "step_done"] == start["steps"]
     entry = json.loads((out / "medhub-report.json").read_text())["series"][0]
     assert entry["status"] == "succeeded"
-    assert [Path(o).name for o in entry["outputs"]] == ["ct-body.seg.dcm", "ct-body.rtstruct.dcm", "ct-body.nii.gz"]
+    assert [Path(o).name for o in entry["outputs"]] == [
+        "ct-body.seg.dcm", "ct-body.rtstruct.dcm", "ct-body.nii.gz", "ct-body.labels.json",
+        "none_2.nii.gz"]  # --nifti: the label map, its labels, the image (no SeriesDescription: "none", number 2)
     for output in entry["outputs"][:2]:
         assert_valid_dicom(out / output)
 

@@ -64,7 +64,7 @@ def test_statistics_match_numpy_on_the_source_grid_and_the_models_own_volumes(ct
     assert stats["grid"]["shape"] == [512, 512, 20] and not stats["grid"]["resampled"]  # the CT's own grid
 
     volume = load_series(scan(source).series[0])
-    labels = np.asarray(nib.load(folder / "ct-body.nii.gz").dataobj)
+    labels = np.asarray(nib.load(folder / "ct-body.nii.gz").dataobj)[:, ::-1, :]  # dcm2niix's order back to DICOM's
     voxel_ml = float(np.prod(volume.spacing)) / 1000
     for row in stats["segments"].values():
         inside = volume.array[labels == row["label"]].astype(np.float64)

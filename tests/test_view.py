@@ -29,6 +29,7 @@ from medhub.errors import MedhubError
 from medhub.inputs.load import load_series
 from medhub.inputs.scan import scan
 from medhub.inputs.segread import read_seg_labels
+from medhub.writers.nifti import dcm2niix_order
 
 fastapi = pytest.importorskip("fastapi", reason="medhub view needs fastapi (pip install 'medhub[serve]')")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -76,12 +77,15 @@ def test_our_seg_read_back_equals_the_runs_own_label_map(ct_run) -> None:
     source, out = ct_run
     entry = _entry(out)
     seg = next(out / o for o in entry["outputs"] if o.endswith(".seg.dcm"))
-    nifti = next(out / o for o in entry["outputs"] if o.endswith(".nii.gz"))
+    nifti = nib.load(next(out / o for o in entry["outputs"] if o.endswith("ct-body.nii.gz")))
     volume = load_series(scan(source).series[0])
     read = read_seg_labels(seg, volume, {"BODY": 1, "LEFT_LUNG": 2, "RIGHT_LUNG": 3, "BONE": 4, "LUNG": 5})
-    expected = np.asarray(nib.load(nifti).dataobj).astype(np.uint8)
-    assert read.labels.shape == expected.shape and expected.any()
-    np.testing.assert_array_equal(read.labels, expected)
+    # The NIfTI is in dcm2niix's voxel order (rows reversed for this CT): the SEG's labels, put in that order, equal it.
+    in_dcm2niix_order, affine = dcm2niix_order(read.labels, volume.affine_lps, acquisition_3d=False)
+    expected = np.asarray(nifti.dataobj).astype(np.uint8)
+    assert in_dcm2niix_order.shape == expected.shape and expected.any()
+    np.testing.assert_array_equal(in_dcm2niix_order, expected)
+    np.testing.assert_allclose(affine, nifti.affine, atol=1e-4)
     assert read.segments[1][0] == "BODY"  # the Tracking ID gives the label value back
 
 
@@ -145,9 +149,10 @@ def test_view_reads_the_seg_when_there_is_no_nifti(ct_run, tmp_path: Path) -> No
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     entry = _entry(copy)
-    labels_file = next(copy / o for o in entry["outputs"] if o.endswith(".nii.gz"))
-    expected = np.asarray(nib.load(labels_file).dataobj)
-    labels_file.unlink()
+    labels_file = next(copy / o for o in entry["outputs"] if o.endswith("ct-body.nii.gz"))
+    # the label map in dcm2niix's order (rows reversed) back to DICOM's, which is L, P, S for this axial CT
+    expected = np.asarray(nib.load(labels_file).dataobj)[:, ::-1, :]
+    labels_file.unlink()  # the image (also .nii.gz) stays: the viewer must not take it for labels
     client = TestClient(create_view_app(copy, source, tmp_path / "cache"))
     job_id = client.get("/", follow_redirects=False).headers["location"].rsplit("/", 1)[1]
     base = f"/api/jobs/{job_id}/viewer/{entry['key']}"

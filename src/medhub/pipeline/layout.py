@@ -23,6 +23,7 @@ class ResultKind(StrEnum):
     SR = "sr"
     SEG_NRRD = "seg_nrrd"
     NIFTI = "nifti"
+    LABELS = "labels"  # the label map's sidecar: value → name, SNOMED CT codes, colour, SEG segment number
     VALUES = "values"
     EMBEDDING = "embedding"
     STATISTICS = "statistics"
@@ -33,6 +34,7 @@ class ResultKind(StrEnum):
 RESULT_SUFFIXES: tuple[tuple[str, ResultKind], ...] = (
     (".seg.dcm", ResultKind.SEG), (".rtstruct.dcm", ResultKind.RTSTRUCT), (".sr.dcm", ResultKind.SR),
     (".seg.nrrd", ResultKind.SEG_NRRD), (".nii.gz", ResultKind.NIFTI), (".nii", ResultKind.NIFTI),
+    (".labels.json", ResultKind.LABELS),
     (".values.json", ResultKind.VALUES), (".values.csv", ResultKind.VALUES),
     (".embedding.npy", ResultKind.EMBEDDING), (".embedding.json", ResultKind.EMBEDDING),
     (".feature_map.npy", ResultKind.EMBEDDING),

@@ -106,6 +106,8 @@ def from_mhub(workflow: Workflow, card: Any, *, where: str, others: Callable[[st
             if step not in outputs:
                 outputs.append(step)
             steps.setdefault(step.value, {})["path"] = path
+            if step is StepName.WRITE_NIFTI:  # MHub exports the segmentation only (nifti:mod=seg), not the image
+                steps[step.value]["image"] = False
     execute = [StepName.SELECT.value, StepName.LOAD.value, StepName.PREDICT.value, *(s.value for s in outputs)]
     general = WorkflowGeneral(name=workflow.general.name if "name" in workflow.general.model_fields_set
                               else f"mhub {where.rsplit('/', 1)[-1]}",

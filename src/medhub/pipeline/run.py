@@ -30,6 +30,7 @@ from medhub.pipeline.progress import ProgressSink, SilentProgress
 from medhub.pipeline.report import Journal, RunReport, SeriesEntry, Status
 from medhub.pipeline.steps import STEPS, SeriesWork, SourceKind, StepName, model_outputs, series_steps
 from medhub.pipeline.steps.select import Select
+from medhub.pipeline.steps.write_nifti import check_image_names, image_template
 from medhub.pipeline.workflows import check_workflow
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -182,7 +183,9 @@ class Pipeline:
             raise MedhubError(
                 f"no series in {root} matches model {self.model.card.id}: " + "; ".join(reasons[:3])
             )
-        check_distinct(self._templates(), {series.key: self._template_fields(series) for series in selection.chosen})
+        fields = {series.key: self._template_fields(series) for series in selection.chosen}
+        check_distinct(self._templates(), fields)
+        check_image_names(self.workflow, self.options.template, fields)
         todo = self._resume(selection.chosen)
         for entry in self.options.executor.map(self, todo):
             self._finish(entry)
@@ -194,10 +197,12 @@ class Pipeline:
                               if len(chosen) > 1 else f"the chosen series did not succeed: {reasons[0]}")
 
     def _templates(self) -> list[str]:
-        """The run's template and every step's own ``path`` template: each must give each series its own files."""
+        """The run's template, every step's own ``path`` template and the NIfTI image's: each must give
+        each series its own files."""
         paths = [str(self.workflow.params(name).get("path")) for name in self.steps
                  if self.workflow.params(name).get("path")]
-        return [self.options.template, *paths]
+        image = image_template(self.workflow, self.options.template)
+        return [self.options.template, *paths, *([image] if image else [])]
 
     def fingerprint(self) -> str:
         """What makes two runs' outputs interchangeable: medhub, the model (version, weights), workflow, layout."""

@@ -296,7 +296,7 @@ def job_results_zip(job_id: JOB_ID, request: Request) -> FileResponse:
 
 _MEDIA = {"seg": "application/dicom", "rtstruct": "application/dicom", "nifti": "application/gzip",
           "sr": "application/dicom", "seg_nrrd": "application/octet-stream", "report": "application/json",
-          "preview": "image/png"}
+          "preview": "image/png", "labels": "application/json"}
 _OCTETS = "application/octet-stream"  # SR, values, embeddings: downloaded as files
 
 

@@ -92,12 +92,13 @@ def parse_options(text: str | None) -> JobOptions:
 def job_workflow(entry: ModelEntry, name: str, options: JobOptions) -> Workflow:
     """The model's workflow with the job's options applied, checked as ``medhub run`` checks it (else a 422).
 
-    NIfTI labels are always written: the viewer reads them.
+    NIfTI labels are always written: the viewer reads them; the image as NIfTI only when the job asks
+    (``"set": ["write_nifti.image=true"]``): the client has the images it uploaded.
     """
     switches = ((options.rtstruct, StepName.WRITE_RTSTRUCT), (True, StepName.WRITE_NIFTI),
                 (options.seg_nrrd, StepName.WRITE_SEG_NRRD))
     try:
-        return resolve_workflow(entry, name=name, overrides=options.set,
+        return resolve_workflow(entry, name=name, overrides=["write_nifti.image=false", *options.set],
                                 add_steps=[step for wanted, step in switches if wanted], labelmap=options.labelmap)
     except MedhubError as exc:
         raise ApiError(422, str(exc)) from None

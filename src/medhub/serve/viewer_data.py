@@ -187,8 +187,9 @@ def find_labels(output: Path, series: str, model: str | None = None) -> Path:
             raise ViewerNotFound(f"no results for series {series!r}")
         candidates = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     candidates = [p for p in candidates if p.is_file() and output.resolve() in p.resolve().parents]
+    images = _nifti_images(candidates)  # --nifti writes the image too: never read it as labels
     for suffixes in (NIFTI_SUFFIXES, SEG_SUFFIXES):
-        found = [p for p in candidates if p.name.endswith(suffixes)]
+        found = [p for p in candidates if p.name.endswith(suffixes) and p.resolve() not in images]
         if model:
             named = [p for p in found for suffix in suffixes if p.name == f"{safe_component(model)}{suffix}"]
             if named:
@@ -198,6 +199,17 @@ def find_labels(output: Path, series: str, model: str | None = None) -> Path:
         if len(found) > 1:
             raise MedhubError(f"series {series!r} has {len(found)} label maps; name the model")
     raise ViewerNotFound(f"series {series!r} has no label map (NIfTI or DICOM SEG) in the results")
+
+
+def _nifti_images(candidates: list[Path]) -> set[Path]:
+    """The NIfTI images (not label maps) that the ``<model>.labels.json`` among ``candidates`` name beside them."""
+    images = set()
+    for sidecar in (p for p in candidates if p.name.endswith(".labels.json")):
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            image = json.loads(sidecar.read_text(encoding="utf-8")).get("image")
+            if isinstance(image, str) and image:
+                images.add((sidecar.parent / image).resolve())
+    return images
 
 
 def _nifti_key(path: Path) -> str:

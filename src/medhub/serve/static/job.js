@@ -25,7 +25,7 @@
   function resultUrl(path) {
     return medhub.withToken(jobPath + "/results/" + path.split("/").map(encodeURIComponent).join("/"));
   }
-  const KIND = {seg: "DICOM SEG", rtstruct: "RTSTRUCT", nifti: "NIfTI label map", report: "report (JSON)",
+  const KIND = {seg: "DICOM SEG", rtstruct: "RTSTRUCT", nifti: "NIfTI", labels: "label names (JSON)", report: "report (JSON)",
                 statistics: "statistics", preview: "preview (PNG)", values: "values", sr: "DICOM SR",
                 embedding: "embedding"};
   const LABEL_MAP = /(\.seg\.dcm|\.nii|\.nii\.gz)$/;
