@@ -307,3 +307,14 @@ def test_image_that_would_replace_its_label_map_is_refused_before_any_work(ct_sl
     assert done.returncode == 2, done.stdout + done.stderr
     assert "write_nifti: the image of series" in done.stderr and "write_nifti.image=false" in done.stderr
     assert not list(out.rglob("*.nii.gz")) and not list(out.rglob("*.dcm"))
+
+
+def test_roi_subset_labels_list_the_kept_segments_only(ct_slab: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = medhub("run", "ct-body", "--input", str(ct_slab), "--output", str(out), "--nifti", "--roi-subset", "BONE")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (sidecar,) = out.rglob("ct-body.labels.json")
+    labels = json.loads(sidecar.read_text())["labels"]
+    assert set(labels) == {"0", "4"} and labels["4"]["id"] == "BONE" and labels["4"]["seg_segment_number"] == 1
+    assert set(np.unique(np.asarray(nib.load(sidecar.with_name("ct-body.nii.gz")).dataobj)).tolist()) == {0, 4}
+    assert sidecar.with_name("STD_BRAIN_1MM_iDose_202.nii.gz").is_file()

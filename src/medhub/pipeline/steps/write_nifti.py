@@ -22,6 +22,7 @@ import numpy as np
 from medhub.errors import MedhubError
 from medhub.files import atomic_output
 from medhub.hub.card import ParameterSpec
+from medhub.hub.roi_subset import kept_values
 from medhub.pipeline.layout import render_template
 from medhub.pipeline.steps.base import PATH, ModelOutput, Phase, Plan, SeriesWork, SourceKind, Step, StepName
 from medhub.segdb import SegmentSpec, get_segment
@@ -147,8 +148,10 @@ def _write(array: np.ndarray, affine_lps: np.ndarray, final: Path, suffix: str, 
 
 
 def _all_segments(work: SeriesWork) -> dict[int, SegmentSpec]:
-    """Every label value the model's card declares, with what this prediction says (its own segments win)."""
-    segments = {int(value): get_segment(seg_id) for value, seg_id in (work.card.outputs.segments or {}).items()}
+    """Every label value this run can write: the card's (those of ``--roi-subset`` only), and the prediction's."""
+    declared = work.card.outputs.segments or {}
+    wanted = kept_values(work.card, work.roi_subset) if work.roi_subset else {int(v) for v in declared}
+    segments = {int(value): get_segment(seg_id) for value, seg_id in declared.items() if int(value) in wanted}
     segments.update(work.segments())
     return segments
 
