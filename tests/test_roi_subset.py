@@ -234,10 +234,10 @@ def test_the_server_checks_the_names_as_the_cli_does_and_runs_the_subset(tmp_pat
             job = client.get(f"/api/jobs/{job['id']}").json()
         assert job["status"] == "succeeded", job
         assert job["report"]["roi_subset"] == ["BONE"]
-        nifti = next(r["path"] for r in job["results"] if r["path"].endswith(".nii.gz"))
+        nifti = next(r["path"] for r in job["results"] if r["path"].endswith("/ct-body.nii.gz"))  # not the image
         labels = np.asarray(nib.load(settings.output_dir(job["id"]) / nifti).dataobj)
         assert set(np.unique(labels).tolist()) == {0, 4}
-        series = next(r["series"] for r in job["results"] if r["path"].endswith(".nii.gz"))
+        series = next(r["series"] for r in job["results"] if r["path"] == nifti)
         meta = client.get(f"/api/jobs/{job['id']}/viewer/{series}/meta")
         assert meta.status_code == 200, meta.text
         assert [row["id"] for row in meta.json()["segments"]] == ["BONE"]  # no 0 ml rows for segments not kept
