@@ -176,6 +176,7 @@ def worker(mode: str, dicom_dir: Path, out_dir: Path) -> None:
     """Inside the venv: make the weights, run the adapter and TotalSegmentator's own DICOM path, save both."""
     import csv
     import importlib.resources
+    import inspect
 
     import nibabel as nib
     from totalsegmentator.map_tasks_config import TASK_ID_WEIGHTS_CONFIGS
@@ -246,6 +247,10 @@ def worker(mode: str, dicom_dir: Path, out_dir: Path) -> None:
         },  # fmt: skip
         "results_dir": str(ts_runner.results_dir()),
         "home": os.environ["TOTALSEG_HOME_DIR"],
+        # --roi-subset's hand-over, as the loaded runner builds it with the installed package's class map
+        # (not run: the test is about the arguments the real python API takes)
+        "roi_subset_arguments": runner.runner.upstream_arguments({"roi_subset": ["RIGHT_KIDNEY", "LIVER"]}),
+        "upstream_parameters": sorted(inspect.signature(totalsegmentator).parameters),
     }
     (out_dir / "info.json").write_text(json.dumps(info), encoding="utf-8")
 
@@ -356,6 +361,18 @@ def test_full_adapter_runs_the_five_models_and_maps_their_parts(full_run):
     # local labels were merged into the total task's numbering by TotalSegmentator's own map.
     parts = {full_run["part_of"][name] for name in present}
     assert len(parts) >= 2, present
+
+
+def test_roi_subset_reaches_the_installed_totalsegmentator_by_its_class_names(fast_run, full_run):
+    """The runner's arguments are parameters of the installed python API, the names its class map's.
+
+    Full mode hands the subset over as roi_subset_robust (located with Dataset297); fast mode does
+    not (the hub filters). The prediction with a subset is not run here (see test_roi_subset.py).
+    """
+    full, fast = full_run["roi_subset_arguments"], fast_run["roi_subset_arguments"]
+    assert set(full) <= set(full_run["upstream_parameters"]) and set(fast) <= set(fast_run["upstream_parameters"])
+    assert full["roi_subset_robust"] == ["kidney_right", "liver"] and full["fast"] is False
+    assert "roi_subset_robust" not in fast and "roi_subset" not in fast and fast["fast"] is True
 
 
 @pytest.mark.slow
