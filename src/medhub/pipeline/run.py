@@ -116,8 +116,9 @@ class Pipeline:
 
         Before anything is written: the device, the workflow, the input and where the output goes
         (never overlapping the input, also through links); the output folder is then claimed (made
-        and locked). This run's token is recorded when the input is known to be safe to read (after
-        the scan), before the first temporary file.
+        and locked). This run's token is recorded when the input is known to be safe to read and the
+        layout to give each series its own files (after the scan and the selection), before the first
+        temporary file; a run refused before that leaves no output folder it made.
         """
         self.options.device = self.report.device = check_device(self.options.device, self.model.card)  # before any work
         self.options.roi_subset = resolve_roi_subset(self.model.card, self.options.roi_subset)  # the card's IDs
@@ -158,7 +159,6 @@ class Pipeline:
         started = time.perf_counter()
         result = scan(root, progress=lambda n: progress.event("scan_file", files=n), workers=self.options.scan_workers,
                       avoid=None if self.options.input_in_output else self.options.output_dir)
-        self._start(folder)
         self.report.timings["scan"] = round(time.perf_counter() - started, 4)
         self.report.files_seen = result.files_seen
         self.report.non_dicom_files = result.non_dicom_files
@@ -167,6 +167,7 @@ class Pipeline:
         progress.event("scan_done", files=result.files_seen, series=len(result.series),
                        unreadable=len(result.unreadable))
         if not result.series:
+            self._start(folder)  # the report says what was seen
             raise MedhubError(
                 f"no DICOM series found in {root} ({result.files_seen} files, "
                 f"{len(result.unreadable)} unreadable, {result.non_dicom_files} not DICOM)"
@@ -179,6 +180,7 @@ class Pipeline:
             self.report.series.append(self._entry(series, Status.REJECTED, reason))
         progress.event("selected", chosen=len(selection.chosen), rejected=len(selection.rejected))
         if not selection.chosen:
+            self._start(folder)  # the report names every rejected series with its reason
             reasons = sorted({reason for _, reason in selection.rejected})
             raise MedhubError(
                 f"no series in {root} matches model {self.model.card.id}: " + "; ".join(reasons[:3])
@@ -186,6 +188,7 @@ class Pipeline:
         fields = {series.key: self._template_fields(series) for series in selection.chosen}
         check_distinct(self._templates(), fields)
         check_image_names(self.workflow, self.options.template, fields)
+        self._start(folder)  # the layout is sound: only now is the output folder written to
         todo = self._resume(selection.chosen)
         for entry in self.options.executor.map(self, todo):
             self._finish(entry)
