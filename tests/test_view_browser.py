@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 from browser_tools import (
     PLANES,
@@ -43,8 +44,10 @@ from browser_tools import (
 
 @pytest.fixture(scope="module")
 def sample_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The README's first command (with --preview --statistics), run in a fresh folder."""
-    require_browser()
+    """The README's first command (with --preview --statistics), run in a fresh folder, once for this file.
+
+    The tests of the command's own results need no browser; the viewer's tests (``view_url``) do.
+    """
     for module in ("deepbet", "nilearn", "fastapi"):
         pytest.importorskip(module, reason=f"the README's first command needs {module} (pip install -e '.[deepbet,"
                                            "sample,serve]')")
@@ -59,6 +62,7 @@ def sample_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def view_url(sample_out: Path) -> Iterator[str]:
     """``medhub view medhub-out --no-browser``, run from the same folder; its printed address."""
+    require_browser()
     process = subprocess.Popen([sys.executable, "-m", "medhub", "view", "medhub-out", "--no-browser"],
                                cwd=sample_out.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -106,6 +110,24 @@ def _voxel_of(meta: dict, lps_mm: tuple[float, float, float]) -> tuple[int, int,
 def _extent(mask: np.ndarray) -> tuple[int, int]:
     columns = np.flatnonzero(mask.any(axis=0))
     return int(columns[0]), int(columns[-1])
+
+
+def test_the_readme_first_command_writes_a_valid_seg_referencing_the_kept_sample(sample_out: Path,
+                                                                                 assert_valid_dicom) -> None:
+    """deepbet on nilearn's MNI152 template written as DICOM, no other data: a valid SEG whose every
+    referenced image is in OUT/sample-input, and a plausible brain."""
+    report = json.loads((sample_out / "medhub-report.json").read_text())
+    entry = next(e for e in report["series"] if e["status"] == "succeeded")
+    seg_path = sample_out / next(o for o in entry["outputs"] if o.endswith(".seg.dcm"))
+    assert_valid_dicom(seg_path)
+    assert 1200 < entry["values"]["brain_volume_ml"] < 2200
+    assert report["input_path"] == "sample-input/mni152_t1_1mm"
+    kept = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+            for p in (sample_out / report["input_path"]).iterdir()}
+    seg = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    referenced = {item.ReferencedSOPInstanceUID for series in seg.ReferencedSeriesSequence
+                  for item in series.ReferencedInstanceSequence}
+    assert referenced and referenced <= kept
 
 
 def test_the_readme_run_gives_the_files_and_view_shows_the_brain_mask_on_the_template(sample_out: Path,
