@@ -88,6 +88,8 @@ def test_info_shows_segment_codes_citation_licences_weights_and_the_run_command(
     assert data["run"] == "medhub run ct-body --input DICOM_FOLDER --output OUT"
     code, _, err = cli("info", "no-such-model")
     assert code == 2 and err.startswith("medhub: unknown model 'no-such-model'; available:")
+    code, _, err = cli("info", "ct-bdy")  # a typo names its fix
+    assert code == 2 and err.startswith("medhub: unknown model 'ct-bdy'; did you mean 'ct-body'? available:")
 
 
 def test_pull_verifies_bundled_weights_of_an_installed_package():

@@ -4,6 +4,8 @@ The CLI prints ``str(error)`` of these without a traceback; anything else is a b
 a traceback only with ``--debug``.
 """
 
+import difflib
+
 
 class MedhubError(Exception):
     """A problem the user can fix (bad path, bad option, missing data); printed as one line."""
@@ -19,3 +21,9 @@ class SeriesSkipped(MedhubError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """``did you mean 'x'? `` for the closest of ``known``, or nothing: a typo's one line names its fix."""
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"did you mean '{match[0]}'? " if match else ""

@@ -25,7 +25,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from medhub.errors import MedhubError
+from medhub.errors import MedhubError, did_you_mean
 from medhub.hub.card import ModelCard, WeightsSpec, load_card
 from medhub.hub.listing import Listing, matches_summary
 from medhub.hub.runner import Runner
@@ -237,7 +237,8 @@ def get_model(name: str) -> ModelEntry:
         broken = [p for p in _PROBLEMS if key.replace("-", "_") in p or key in p]
         if broken:
             raise MedhubError(f"model '{name}' cannot be loaded: {broken[0]}")
-        raise MedhubError(f"unknown model '{name}'; available: {', '.join(sorted(entries)) or 'none'}")
+        known = sorted(entries)
+        raise MedhubError(f"unknown model '{name}'; {did_you_mean(key, known)}available: {', '.join(known) or 'none'}")
     return entries[key]
 
 

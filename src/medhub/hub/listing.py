@@ -35,7 +35,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from medhub import __version__, config
-from medhub.errors import MedhubError
+from medhub.errors import MedhubError, did_you_mean
 from medhub.files import atomic_output
 from medhub.hub.envs import env_state
 from medhub.hub.weight_store import WeightState, installed_file_verified, weight_state
@@ -66,8 +66,8 @@ class Listing:
         broken = [p for p in self.problems if key.replace("-", "_") in p or key in p]
         if broken:
             raise MedhubError(f"model '{name}' cannot be loaded: {broken[0]}")
-        available = ", ".join(sorted(e["id"] for e in self.entries)) or "none"
-        raise MedhubError(f"unknown model '{name}'; available: {available}")
+        known = sorted(e["id"] for e in self.entries)
+        raise MedhubError(f"unknown model '{name}'; {did_you_mean(key, known)}available: {', '.join(known) or 'none'}")
 
 
 def cache_file() -> Path:

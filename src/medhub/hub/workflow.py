@@ -12,14 +12,13 @@ workflow before any work, belong to the pipeline's step registry:
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from medhub.errors import MedhubError
+from medhub.errors import MedhubError, did_you_mean
 from medhub.hub.card import InputSpec, ModelCard, ParameterSpec
 from medhub.inputs.select import SelectionRules
 
@@ -105,12 +104,6 @@ def selection_rules(card: ModelCard, workflow: Workflow) -> SelectionRules:
 
 
 # ----------------------------------------------------------------------------------- checking a workflow
-
-def did_you_mean(name: str, known: list[str]) -> str:
-    """``did you mean 'x'? `` for the closest of ``known``, or nothing."""
-    match = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return f"did you mean '{match[0]}'? " if match else ""
-
 
 def listing(known: list[str], what: str) -> str:
     """``(steps: a, b)``, or ``(it has no steps)``."""

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from medhub.errors import MedhubError
+from medhub.errors import MedhubError, did_you_mean
 from medhub.hub.catalog import list_models
-from medhub.hub.workflow import Workflow, apply_overrides, did_you_mean, listing, load_workflow_file
+from medhub.hub.workflow import Workflow, apply_overrides, listing, load_workflow_file
 from medhub.pipeline.mhub import from_mhub, is_mhub_config, runner_names
 from medhub.pipeline.steps import STEPS, Phase, StepName
 
