@@ -229,7 +229,10 @@ def test_tilted_gantry_resampled_and_back(tmp_path: Path, assert_valid_dicom) ->
     assert volume.source is not None and volume.source.resampled
     planes = labels_to_source(volume, blobs(volume, [1, 3], seed=1))
     assert set(np.unique(planes)) == {0, 1, 3}
-    seg = write_and_check(planes, volume.source, {1: "BRAIN", 3: "BONE"}, tmp_path / "tilt.dcm", assert_valid_dicom)
+    # LIVER (2) is described but has no voxel: an empty segment is left out, the others keep numbers 1..2
+    seg = write_and_check(planes, volume.source, {1: "BRAIN", 2: "LIVER", 3: "BONE"}, tmp_path / "tilt.dcm",
+                          assert_valid_dicom)  # fmt: skip
+    assert [(s.SegmentNumber, s.TrackingID) for s in seg.SegmentSequence] == [(1, "BRAIN"), (2, "BONE")]
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
     # planes off the slice normal have no single spacing: none is claimed
     assert "SpacingBetweenSlices" not in measures
@@ -252,8 +255,9 @@ def test_uneven_spacing_resampled_and_back(tmp_path: Path, assert_valid_dicom) -
     assert volume.source is not None and volume.source.resampled and volume.shape[2] == 10
     planes = labels_to_source(volume, blobs(volume, [2, 6], seed=2))
     assert planes.shape == (5, 16, 24) and set(np.unique(planes)) == {0, 2, 6}
-    seg = write_and_check(planes, volume.source, {2: "LIVER", 6: "SPLEEN"}, tmp_path / "uneven.dcm",
+    seg = write_and_check(planes, volume.source, {2: "LIVER", 4: "STOMACH", 6: "SPLEEN"}, tmp_path / "uneven.dcm",
                           assert_valid_dicom)  # fmt: skip
+    assert [s.TrackingID for s in seg.SegmentSequence] == ["LIVER", "SPLEEN"]  # STOMACH (4) is empty: left out
     assert "SpacingBetweenSlices" not in seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
 
 
@@ -265,7 +269,10 @@ def test_enhanced_multiframe_sources(folder: str, tmp_path: Path, assert_valid_d
     grid = volume.source
     assert grid is not None and all(p.frame_number is not None for p in grid.planes)
     planes = labels_to_source(volume, blobs(volume, [1, 2], seed=3))
-    seg = write_and_check(planes, grid, {1: "BRAIN", 2: "RIGHT_PUTAMEN"}, tmp_path / "mf.dcm", assert_valid_dicom)
+    # LIVER (4) is described but has no voxel: no segment, no frame
+    seg = write_and_check(planes, grid, {1: "BRAIN", 2: "RIGHT_PUTAMEN", 4: "LIVER"}, tmp_path / "mf.dcm",
+                          assert_valid_dicom)  # fmt: skip
+    assert [s.TrackingID for s in seg.SegmentSequence] == ["BRAIN", "RIGHT_PUTAMEN"]
     referenced = {int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
                   for item in seg.PerFrameFunctionalGroupsSequence}  # fmt: skip
     assert referenced <= {p.frame_number for p in grid.planes}
