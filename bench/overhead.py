@@ -32,6 +32,7 @@ harness is no part of what they cost).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -198,8 +199,6 @@ def compile_bytecode() -> str:
     process writes it; an installed medhub always has it. The peers' Python packages have theirs
     from their installs. Returns the package folder compiled (the one the measured processes import).
     """
-    import importlib.util
-
     spec = importlib.util.find_spec("medhub")
     if spec is None or not spec.submodule_search_locations:
         sys.exit("overhead: medhub is not importable from this interpreter (pip install -e . or PYTHONPATH=src)")
