@@ -302,9 +302,10 @@ def summarize(cases: dict[str, Case], medhub_name: str) -> list[str]:
         w = [r["wall_s"] for r in c.rows]
         med = statistics.median(w)
         cpu = statistics.median(r["cpu_s"] for r in c.rows)
+        ratios = f"{med / base:.2f}x | {cpu / base_cpu:.2f}x" if base_rows else " | "  # --only without medhub
         lines.append(f"| {c.name} | {len(w)} | {med:.2f} | {min(w):.2f}-{max(w):.2f} | {cpu:.2f} | "
-                     f"{statistics.median(r['maxrss_mib'] for r in c.rows):.0f} | {med / base:.2f}x | "
-                     f"{cpu / base_cpu:.2f}x | {sorted({r['exit'] for r in c.rows})} |")
+                     f"{statistics.median(r['maxrss_mib'] for r in c.rows):.0f} | {ratios} | "
+                     f"{sorted({r['exit'] for r in c.rows})} |")
         steps = [r["steps"] for r in c.rows if r.get("steps")]
         for key in (steps[0] if steps else {}):
             cpus = [s[key]["cpu"] for s in steps if s[key]["cpu"] is not None]
