@@ -123,7 +123,8 @@ UNSAFE = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "data", "message"), UNSAFE)
+@pytest.mark.parametrize(("kind", "data", "message"), UNSAFE,
+                         ids=[f"{kind}: {message}" for kind, _, message in UNSAFE])  # gzip bytes carry a time
 def test_unsafe_archives_are_refused_by_the_cli_and_the_server_alike(tmp_path: Path, kind: str, data: bytes,
                                                                      message: str) -> None:
     archive = tmp_path / f"bad.{kind}"
