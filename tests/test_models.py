@@ -123,9 +123,9 @@ def test_deepbet_on_dicom_matches_deepbet_on_the_nifti(tmp_path, assert_valid_di
     assert any(line.startswith("OK   reference: BRAIN") for line in lines), "\n".join(lines)
     out = tmp_path / "check" / "output"
     [entry] = json.loads((out / "medhub-report.json").read_text())["series"]
-    outputs = {Path(o).suffixes[-1]: out / o for o in entry["outputs"]}
-    assert_valid_dicom(outputs[".dcm"])
-    labels = nib.load(outputs[".gz"])
+    outputs = {Path(o).name: out / o for o in entry["outputs"]}
+    assert_valid_dicom(outputs["deepbet.seg.dcm"])
+    labels = nib.load(outputs["deepbet.nii.gz"])  # the label map (the image beside it has its series' name)
     path = shared_path("mr/brainchop_t1_crop.nii.gz")
     _, reference_mask, tiv_ml = deepbet.BrainExtraction(no_gpu=True).run(nib.load(path))
     ours, our_affine = canonical(np.asarray(labels.dataobj).astype(np.uint8), labels.affine)
