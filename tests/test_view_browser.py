@@ -121,6 +121,7 @@ def test_the_readme_first_command_writes_a_valid_seg_referencing_the_kept_sample
     seg_path = sample_out / next(o for o in entry["outputs"] if o.endswith(".seg.dcm"))
     assert_valid_dicom(seg_path)
     assert 1200 < entry["values"]["brain_volume_ml"] < 2200
+    assert "plausible: the result is within the 1 range of its card" in entry["notes"]  # deepbet's brain volume
     assert report["input_path"] == "sample-input/mni152_t1_1mm"
     kept = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
             for p in (sample_out / report["input_path"]).iterdir()}

@@ -34,11 +34,16 @@ class CheckResult(Step):
             else:
                 work.implausible = found.reason
         elif found.skipped and len(work.card.outputs.plausible) > found.skipped:
-            work.note_once(f"plausible: the result is within the {len(work.card.outputs.plausible) - found.skipped} "
-                           f"ranges of its card that name the kept segments ({found.skipped} name others)")
+            checked = len(work.card.outputs.plausible) - found.skipped
+            work.note_once(f"plausible: the result is within {_ranges(checked)} of its card that name the kept "
+                           f"segments ({found.skipped} name others)")
         elif found.skipped:
-            work.note_once(f"plausibility not checked: the {found.skipped} ranges of its card name segments outside "
+            work.note_once(f"plausibility not checked: {_ranges(found.skipped)} of its card name segments outside "
                            "--roi-subset")
         elif work.card.outputs.plausible:
-            work.note_once(f"plausible: the result is within the {len(work.card.outputs.plausible)} ranges of "
-                           "its card")
+            work.note_once(f"plausible: the result is within {_ranges(len(work.card.outputs.plausible))} of its card")
+
+
+def _ranges(count: int) -> str:
+    """``the 1 range`` / ``the 7 ranges``: the report reads as a sentence."""
+    return f"the {count} range" if count == 1 else f"the {count} ranges"
