@@ -447,7 +447,8 @@ def _build_huge_jpeg2000(case: Path) -> Path:
     return folder
 
 
-def _nifti_header(shape: tuple[int, int, int]) -> bytes:
+def nifti_header(shape: tuple[int, int, int]) -> bytes:
+    """A NIfTI-1 header declaring ``shape`` of int16 (and the 4 extension bytes), to be followed by any data."""
     import nibabel as nib
 
     header = nib.Nifti1Header()
@@ -461,7 +462,7 @@ def _build_nifti_huge(case: Path) -> Path:
     folder = _input(case)
     path = folder / "huge.nii.gz"
     with gzip.open(path, "wb") as stream:
-        stream.write(_nifti_header((32767, 32767, 32767)) + b"\0" * 4096)
+        stream.write(nifti_header((32767, 32767, 32767)) + b"\0" * 4096)
     return path
 
 

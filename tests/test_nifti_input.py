@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from conftest import shared_path
+from hostile_corpus import nifti_header
 
 from medhub.errors import MedhubError, SeriesSkipped
 from medhub.inputs.nifti import load_nifti
@@ -77,23 +78,15 @@ def test_flat_or_thin_images_are_refused(tmp_path: Path) -> None:
         check_nifti(load_nifti(thin), thin, NEEDS_CT, 5, "m")
 
 
-def _header(shape: tuple[int, int, int]) -> bytes:
-    header = nib.Nifti1Header()
-    header.set_data_shape(shape)
-    header.set_data_dtype(np.int16)
-    header.set_sform(np.eye(4), code=1)
-    return header.binaryblock + b"\0\0\0\0"
-
-
 def test_declared_sizes_are_checked_before_allocating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     huge = tmp_path / "huge.nii.gz"
     with gzip.open(huge, "wb") as stream:
-        stream.write(_header((32767, 32767, 32767)) + b"\0" * 1024)
+        stream.write(nifti_header((32767, 32767, 32767)) + b"\0" * 1024)
     with pytest.raises(MedhubError, match=r"declares 32767x32767x32767 voxels, 64.0 TiB in memory, more than the "
                                           r"memory budget"):
         load_nifti(huge)
     short = tmp_path / "short.nii"  # uncompressed: the voxels must be in the file
-    short.write_bytes(_header((64, 64, 64)) + b"\0" * 1000)
+    short.write_bytes(nifti_header((64, 64, 64)) + b"\0" * 1000)
     with pytest.raises(MedhubError, match=r"declares 64x64x64 voxels \(512.0 KiB\), the file holds 1000 bytes"):
         load_nifti(short)
     monkeypatch.setenv("MEDHUB_MEMORY_BUDGET", "100K")

@@ -155,9 +155,7 @@ def check_zip(archive: zipfile.ZipFile, name: str, unzip_limit: int, archive_byt
         packed += info.compress_size
         files.append(info)
     refuse_bomb(name, "the archive", archive_bytes if archive_bytes is not None else packed, declared)
-    if declared > unzip_limit:
-        raise ArchiveError("too_large", f"{name}: expands to {size_text(declared)}, more than the limit of "
-                                        f"{size_text(unzip_limit)}")
+    _refuse_over_limit(name, declared, unzip_limit)
     return files
 
 
@@ -208,10 +206,15 @@ def check_tar(members: list[tarfile.TarInfo], name: str, limit: int, archive_byt
         files.append(member)
     if archive_bytes is not None:
         refuse_bomb(name, "the archive", archive_bytes, declared)
+    _refuse_over_limit(name, declared, limit)
+    return files
+
+
+def _refuse_over_limit(name: str, declared: int, limit: int) -> None:
+    """An archive whose entries declare more bytes than may be written: refused before extracting (HTTP 413)."""
     if declared > limit:
         raise ArchiveError("too_large", f"{name}: expands to {size_text(declared)}, more than the limit of "
                                         f"{size_text(limit)}")
-    return files
 
 
 def extract_tar(tar_path: Path, name: str, target: Path, budget: Budget) -> int:
