@@ -318,3 +318,17 @@ def test_roi_subset_labels_list_the_kept_segments_only(ct_slab: Path, tmp_path: 
     assert set(labels) == {"0", "4"} and labels["4"]["id"] == "BONE" and labels["4"]["seg_segment_number"] == 1
     assert set(np.unique(np.asarray(nib.load(sidecar.with_name("ct-body.nii.gz")).dataobj)).tolist()) == {0, 4}
     assert sidecar.with_name("STD_BRAIN_1MM_iDose_202.nii.gz").is_file()
+
+
+def test_a_failed_nifti_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """nibabel writes under a name ending in .nii.gz (it compresses by the name): that file goes too."""
+    from medhub.pipeline.steps import write_nifti as step
+
+    def half_written(array, affine, path, **order):
+        Path(path).write_bytes(b"\x1f\x8b half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(step, "write_nifti", half_written)
+    with pytest.raises(OSError, match="No space left"):
+        step._write(np.zeros((2, 2, 2), np.uint8), np.eye(4), tmp_path / "ct-body.nii.gz", ".nii.gz")
+    assert list(tmp_path.iterdir()) == []

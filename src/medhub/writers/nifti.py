@@ -154,8 +154,8 @@ def write_nifti(array_xyz: np.ndarray, affine_lps: np.ndarray, path: Path, *,
 
     data = _storage_array(np.asarray(array_xyz), path)
     if dcm2niix:
-        data, affine_ras = dcm2niix_order(data, affine_lps, acquisition_3d=acquisition_3d)
-        data = np.ascontiguousarray(data)
+        data, affine_ras = dcm2niix_order(data, affine_lps, acquisition_3d=acquisition_3d)  # a view: nibabel
+        # writes flipped and transposed views as they are, slab by slab, without a whole-volume copy
     else:
         affine_ras = LPS_TO_RAS @ affine_lps
     image = nib.Nifti1Image(data, affine_ras)

@@ -214,9 +214,10 @@ class Runner(medhub.Runner):
         with contextlib.redirect_stdout(io.StringIO()):  # its progress prints would corrupt --json output
             result = self._api.totalsegmentator(image, None, **arguments)
         labels = np.asarray(result.dataobj).astype(np.uint8)
-        segments = self.context.card.outputs.segments
-        present = np.flatnonzero(np.bincount(labels.ravel(), minlength=256))
-        return medhub.Prediction(labels=labels, segments={int(v): segments[int(v)] for v in present if v in segments})
+        prediction = medhub.Prediction(labels=labels, segments=dict(self.context.card.outputs.segments))
+        present = prediction.present  # counted once, by the Prediction (no 8-byte-per-voxel bincount copy)
+        prediction.segments = {value: name for value, name in prediction.segments.items() if value in present}
+        return prediction
 
     def upstream_arguments(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The keyword arguments of ``totalsegmentator.python_api.totalsegmentator`` for one prediction.

@@ -143,8 +143,11 @@ def _compact(array: np.ndarray) -> np.ndarray:
 def _write(array: np.ndarray, affine_lps: np.ndarray, final: Path, suffix: str, **order: bool) -> None:
     with atomic_output(final) as temporary:
         named = temporary.with_name(temporary.name + suffix)  # nibabel compresses by the file name
-        write_nifti(array, affine_lps, named, **order)
-        named.replace(temporary)
+        try:
+            write_nifti(array, affine_lps, named, **order)
+            named.replace(temporary)
+        finally:  # a failed write leaves no hidden half-file (atomic_output removes only its own temporary)
+            named.unlink(missing_ok=True)
 
 
 def _all_segments(work: SeriesWork) -> dict[int, SegmentSpec]:
