@@ -60,17 +60,21 @@ def test_a_released_header_is_read_from_the_file_by_the_worker() -> None:
     assert rebuilt.header.SOPInstanceUID == pydicom.dcmread(instance.path, stop_before_pixels=True).SOPInstanceUID
 
 
-def test_the_task_gives_what_the_in_process_run_gives(tmp_path: Path) -> None:
-    """ct-body on a small CT (a body with lungs and bone, 10 slices of 64 x 64: the cohort benchmark's
-    series): the task (run here, without Dask) and the pipeline agree on the report entry and write
-    byte-identical label maps."""
+def _small_ct(folder: Path) -> None:
+    """A body with lungs and bone, 10 slices of 64 x 64: the cohort benchmark's series."""
     x, y = np.mgrid[-32:32, -32:32]
     plane = np.where((x / 28.0) ** 2 + (y / 22.0) ** 2 < 1, 40, -1000).astype(np.int16)
     plane[((x - 11) / 7.0) ** 2 + (y / 11.0) ** 2 < 1] = -800
     plane[((x + 11) / 7.0) ** 2 + (y / 11.0) ** 2 < 1] = -800
     plane[(x / 4.0) ** 2 + ((y + 16) / 4.0) ** 2 < 1] = 700
-    write_dicom_series(np.repeat(plane[:, :, None], 10, axis=2), np.diag([2.0, 2.0, 5.0, 1.0]), tmp_path / "ct",
+    write_dicom_series(np.repeat(plane[:, :, None], 10, axis=2), np.diag([2.0, 2.0, 5.0, 1.0]), folder,
                        modality="CT")  # fmt: skip
+
+
+def test_the_task_gives_what_the_in_process_run_gives(tmp_path: Path) -> None:
+    """ct-body on a small CT: the task (run here, without Dask) and the pipeline agree on the report
+    entry and write byte-identical label maps."""
+    _small_ct(tmp_path / "ct")
     model = get_model("ct-body")
     workflow = load_workflow_file(model.workflow("default"))
     series = scan(tmp_path / "ct").series[0]
@@ -94,3 +98,16 @@ def test_the_task_gives_what_the_in_process_run_gives(tmp_path: Path) -> None:
         if relative.name.endswith(".seg.dcm"):  # new UIDs and times each run: compare the frames
             first, second = pydicom.dcmread(tmp_path / "a" / relative), pydicom.dcmread(tmp_path / "b" / relative)
             assert first.NumberOfFrames == second.NumberOfFrames and first.PixelData == second.PixelData
+
+
+def test_the_task_keeps_the_runs_roi_subset(tmp_path: Path) -> None:
+    """--roi-subset with --workers: the worker writes only the kept segments, as the client's run would."""
+    _small_ct(tmp_path / "ct")
+    model = get_model("ct-body")
+    options = RunOptions(input_path=tmp_path / "ct", output_dir=tmp_path / "out", roi_subset=("BONE",),
+                         workflow=load_workflow_file(model.workflow("default")))
+    entry = process_series_task(task_payload(Pipeline(model, options), scan(tmp_path / "ct").series[0]))
+    assert entry["status"] == "succeeded", entry["reason"]
+    assert any(note.startswith("roi subset: kept BONE") for note in entry["notes"]), entry["notes"]
+    seg = pydicom.dcmread(next((tmp_path / "out").rglob("*.seg.dcm")), stop_before_pixels=True)
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == ["Bone"]

@@ -42,6 +42,7 @@ def task_payload(pipeline: Pipeline, series: Series) -> dict[str, Any]:
         "debug": options.debug,
         "run_token": pipeline.token,  # the worker's temporary files carry the token the client recorded
         "allow_implausible": options.allow_implausible,
+        "roi_subset": list(options.roi_subset),  # the card's IDs, resolved by the client's run()
         "key": series.key,
         "findings": list(series.findings),
         "shared_uids": dict(series.shared_uids),
@@ -98,7 +99,7 @@ def process_series_task(payload: dict[str, Any]) -> dict[str, Any]:
         input_path=Path(payload["input"]), output_dir=Path(payload["output"]),
         workflow=Workflow.model_validate(payload["workflow"]), device=payload["device"],
         template=payload["template"], debug=payload["debug"], run_token=payload["run_token"],
-        allow_implausible=payload["allow_implausible"],
+        allow_implausible=payload["allow_implausible"], roi_subset=tuple(payload["roi_subset"]),
     )
     pipeline = Pipeline(model, options)
     try:
