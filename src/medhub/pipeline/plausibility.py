@@ -130,6 +130,7 @@ class _Measure:
     """Volumes, containment and positions of segments in one label map, each computed once."""
 
     def __init__(self, volume: Volume | None, prediction: Prediction) -> None:
+        self.prediction = prediction
         self.labels = prediction.labels
         self.values_of: dict[str, list[int]] = {}
         for value, segment in prediction.segments.items():
@@ -137,7 +138,6 @@ class _Measure:
         self.affine = volume.affine_lps if volume is not None else np.eye(4)
         self.voxel_ml = abs(float(np.linalg.det(self.affine[:3, :3]))) / 1000.0
         self.scan_ml = float(self.labels.size) * self.voxel_ml if self.labels is not None else 0.0
-        self._counts: np.ndarray | None = None
 
     def mask(self, segments: list[str]) -> np.ndarray:
         assert self.labels is not None
@@ -146,10 +146,7 @@ class _Measure:
 
     def millilitres(self, segment: str) -> float:
         assert self.labels is not None
-        if self._counts is None:
-            flat = np.asarray(self.labels).ravel()
-            self._counts = np.bincount(flat.astype(np.int64, copy=False)) if flat.size else np.zeros(1, np.int64)
-        count = sum(int(self._counts[v]) for v in self.values_of.get(segment, []) if v < len(self._counts))
+        count = sum(self.prediction.voxels(v) for v in self.values_of.get(segment, []))  # counted by the Prediction
         return count * self.voxel_ml
 
     def share_outside(self, segments: list[str], around: list[str]) -> float:

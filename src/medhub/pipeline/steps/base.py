@@ -185,7 +185,8 @@ class SeriesWork:
     def present_labels(self) -> set[int]:
         """The label values with at least one voxel, computed once."""
         if self._present is None:
-            self._present = set(np.unique(self.labels()).tolist()) - {0}
+            self.labels()  # a model whose card declares segments must have returned a label map
+            self._present = self.require_prediction().present  # counted once, when the Prediction was made
         return self._present
 
     def note_once(self, note: str) -> None:
