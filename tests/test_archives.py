@@ -203,3 +203,11 @@ def test_view_unpacks_the_archive_the_report_names(archives, tmp_path: Path) -> 
     meta = client.get(f"/api/jobs/{job_id}/viewer/{key}/meta")
     assert meta.status_code == 200 and meta.json()["shape"] == [512, 512, 20]
     shutil.rmtree(cache)
+
+
+def test_a_folder_over_a_file_of_the_same_name_is_one_line(tmp_path: Path) -> None:
+    archive = tmp_path / "clash.zip"
+    archive.write_bytes(_zip([("a", b"DICM"), ("a/b", b"DICM")]))
+    with pytest.raises(ArchiveError) as refused:
+        unpack(archive, tmp_path / "unpacked")
+    assert refused.value.kind == "unreadable" and "entry 'a/b' cannot be extracted" in str(refused.value)

@@ -92,6 +92,18 @@ def test_a_file_that_is_not_medhubs_journal_is_never_changed(tmp_path: Path) -> 
     assert (out / JOURNAL_NAME).read_text() == "my own notes\nmore notes\n"
 
 
+def test_a_journal_that_is_a_link_is_never_followed(tmp_path: Path) -> None:
+    """Even a dangling link: appending through it would create a file outside the output folder."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / JOURNAL_NAME).symlink_to(tmp_path / "elsewhere.txt")
+    folder = OutputFolder.claim(out)
+    with pytest.raises(MedhubError, match="is a link"):
+        folder.start(fresh=True)
+    folder.release()
+    assert not (tmp_path / "elsewhere.txt").exists() and (out / JOURNAL_NAME).is_symlink()
+
+
 def test_a_folder_made_for_a_run_that_never_started_is_removed(tmp_path: Path) -> None:
     folder = OutputFolder.claim(tmp_path / "a" / "b")
     folder.release()

@@ -258,9 +258,9 @@ class OutputFolder:
         tokens = {str(line["run"]) for line in lines if "run" in line}
         if fresh and len(lines) != len(tokens):
             kept = "".join(json.dumps(line) + "\n" for line in lines if "run" in line)
-            with open(self.journal, "r+", encoding="utf-8") as stream:  # in place: the same file, still locked
+            # a kill leaves the old journal or the new one, never half of each (the lock is the folder's)
+            with atomic_output(self.journal) as temporary, open(temporary, "w", encoding="utf-8") as stream:
                 stream.write(kept)
-                stream.truncate()
                 stream.flush()
                 os.fsync(stream.fileno())
         append_journal(self.journal, {"run": self.token, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -283,9 +283,12 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 
     A torn last line (a kill while it was written) is dropped.
     """
+    if path.is_symlink():  # even a dangling one: writing through it would create a file elsewhere
+        raise MedhubError(f"{path} is a link, not a file medhub wrote; medhub will not follow it: choose another "
+                          "--output")
     if not path.exists():
         return []
-    if not path.is_file() or path.is_symlink():
+    if not path.is_file():
         raise MedhubError(f"{path} is not a file medhub wrote; medhub will not change it: choose another --output")
     lines: list[dict[str, Any]] = []
     text = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -305,7 +308,8 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 
 def append_journal(path: Path, data: dict[str, Any]) -> None:
     """Append one line and flush it to disk (a line in the journal is a promise)."""
-    with open(path, "a", encoding="utf-8") as stream:
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with open(descriptor, "a", encoding="utf-8") as stream:  # never through a link (read_journal refuses one)
         stream.write(json.dumps(data, default=str) + "\n")
         stream.flush()
         os.fsync(stream.fileno())

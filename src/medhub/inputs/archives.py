@@ -168,8 +168,8 @@ def extract_zip(zip_path: Path, name: str, target: Path, budget: Budget) -> int:
     count = 0
     with archive:
         for info in check_zip(archive, name, budget.left, zip_path.stat().st_size):
-            destination = _destination(target, info.filename, name)
-            try:
+            try:  # a folder over a file of the same name ("a", then "a/b") is an OSError here, too
+                destination = _destination(target, info.filename, name)
                 with archive.open(info) as source:
                     copy_counted(source, destination, budget)  # counts real bytes: a lying header gains nothing
             except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as exc:
