@@ -278,6 +278,7 @@ def _resolve_input(value: str, progress: Any, move_to: str | None = None,
     fetched into the IDC cache, which the run reads in place and never removes.
     """
     from medhub.inputs.idc import is_idc_url
+    from medhub.inputs.nifti import is_nifti_name
     from medhub.inputs.remote import fetch, is_remote
 
     def fetched(done: int, total: int) -> None:
@@ -311,10 +312,6 @@ def _resolve_input(value: str, progress: Any, move_to: str | None = None,
             progress.event("unpacked", archive=str(path), files=files)
             return folder, folder, [{"source": "archive", "archive": str(path.resolve()), "files": files}]
     return path, None, []
-
-
-def is_nifti_name(name: str) -> bool:
-    return name.lower().endswith((".nii", ".nii.gz"))
 
 
 def _push(report: Any, output: Path, url: str) -> None:

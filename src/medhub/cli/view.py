@@ -87,8 +87,9 @@ def view(
 def _unpacked(source: Path, cache: Path) -> Path:
     """The images of an archive input, unpacked into the view's temporary folder; any other input as it is."""
     from medhub.inputs.archives import archive_kind, unpack
+    from medhub.inputs.nifti import is_nifti_name
 
-    if not source.is_file() or source.name.lower().endswith((".nii", ".nii.gz")) or archive_kind(source) is None:
+    if not source.is_file() or is_nifti_name(source.name) or archive_kind(source) is None:
         return source
     unpack(source, cache / "input")
     return cache / "input"

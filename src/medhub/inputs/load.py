@@ -45,6 +45,7 @@ from medhub.errors import MedhubError, SeriesSkipped
 from medhub.inputs.padding import Padding, background_value, padding_of
 from medhub.inputs.pixels import (
     PixelReadError,
+    first_line,
     format_bytes,
     memory_budget,
     native_dtype,
@@ -321,7 +322,7 @@ def _plan(series: Series, max_missing: int, undecodable: dict[Path, str]) -> _Pl
     except Exception as error:  # noqa: BLE001
         # A header value of a shape no check above foresaw (pydicom parses elements when first read, and
         # raises OSError, ValueError, ... for corrupt ones): refuse with what it was, never crash the run.
-        check.skip_reason = f"cannot interpret the image headers ({type(error).__name__}: {_first_line(error)})"
+        check.skip_reason = f"cannot interpret the image headers ({type(error).__name__}: {first_line(error)})"
     return plan
 
 
@@ -775,9 +776,6 @@ def _wrapped(value: float, dtype: np.dtype) -> np.generic:
     return dtype.type(reduced)
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
 
 
 def _sop_name(uid: str) -> str:

@@ -20,6 +20,13 @@ from medhub.data.volume import LPS_TO_RAS, Volume
 from medhub.errors import MedhubError
 from medhub.inputs.pixels import format_bytes
 
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti_name(name: str) -> bool:
+    """Whether a file name says NIfTI (``.nii``, ``.nii.gz``, any case): one rule for CLI, pipeline, server."""
+    return name.lower().endswith(NIFTI_SUFFIXES)
+
 
 def load_nifti(path: Path) -> Volume:
     """Read a 3D NIfTI (``.nii`` / ``.nii.gz``) into a Volume with its affine in LPS.

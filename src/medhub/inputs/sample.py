@@ -25,6 +25,7 @@ from medhub.data.volume import LPS_TO_RAS
 from medhub.errors import MedhubError
 from medhub.files import temporary_path
 from medhub.inputs.nifti import read_nifti_image
+from medhub.inputs.nifti_check import nifti_path_stem
 from medhub.inputs.synth import write_dicom_series
 
 
@@ -77,7 +78,7 @@ def nifti_as_dicom(path: Path, out_dir: Path, *, modality: str, body_part: str =
     image = read_nifti_image(path)
     array = np.asanyarray(image.dataobj)
     affine_lps = LPS_TO_RAS @ image.affine
-    folder = out_dir / (path.name.removesuffix(".gz").removesuffix(".nii") + "_dicom")
+    folder = out_dir / (nifti_path_stem(path) + "_dicom")
     write_dicom_series(array, affine_lps, folder, modality=modality, series_description=f"{path.name} (sample)",
                        study_description="medhub sample data", patient_id="SAMPLE", patient_name="Sample^Data",
                        body_part=body_part, uid_seed=content_seed(array, affine_lps), acquired=dt.datetime(2000, 1, 1))

@@ -24,6 +24,7 @@ from medhub.hub.envs import check_env_built
 from medhub.hub.roi_subset import resolve_roi_subset
 from medhub.hub.workflow import Workflow
 from medhub.inputs.load import missing_uids
+from medhub.inputs.nifti import is_nifti_name
 from medhub.inputs.scan import scan
 from medhub.pipeline.layout import DEFAULT_TEMPLATE, check_distinct
 from medhub.pipeline.progress import ProgressSink, SilentProgress
@@ -33,11 +34,9 @@ from medhub.pipeline.steps.select import Select
 from medhub.pipeline.steps.write_nifti import check_image_names, image_template
 from medhub.pipeline.workflows import check_workflow
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
 
 def is_nifti(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
+    return path.is_file() and is_nifti_name(path.name)
 
 
 class SeriesExecutor(Protocol):

@@ -27,8 +27,8 @@ from medhub.inputs.archives import (
     safe_relative,
     unique,
 )
+from medhub.inputs.nifti import is_nifti_name
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 STATUS = {"unsafe": 400, "too_large": 413, "unreadable": 422}  # ArchiveError.kind -> HTTP status
 
 
@@ -60,10 +60,6 @@ class SavedInput:
 
     def summary(self) -> dict[str, object]:
         return {"kind": self.kind, "files": self.files, "bytes": self.bytes_uploaded, "uploads": self.names[:20]}
-
-
-def is_nifti_name(name: str) -> bool:
-    return name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def _archive_folder_name(name: str) -> str:
