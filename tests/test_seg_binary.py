@@ -377,3 +377,19 @@ def test_a_failure_while_writing_leaves_no_file(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(OSError, match="disk full"):
         write_seg(planes, volume.source, {1: "LIVER", 2: "SPLEEN"}, ALGORITHM, tmp_path / "s.dcm")
     assert not (tmp_path / "s.dcm").exists()
+
+
+def test_a_labelmap_seg_failing_while_written_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """highdicom's LABELMAP path writes through the same temporary: a half-written file never stays."""
+    volume = load("seg/dcmqi_segmentations/ct-3slice")
+    planes = labels_to_source(volume, blobs(volume, [1, 2], seed=10))
+    real_save = pydicom.Dataset.save_as
+
+    def save_then_fail(self, filename, *args, **kwargs):
+        real_save(self, filename, *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pydicom.Dataset, "save_as", save_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_seg(planes, volume.source, {1: "LIVER", 2: "SPLEEN"}, ALGORITHM, tmp_path / "s.dcm", labelmap=True)
+    assert list(tmp_path.iterdir()) == []

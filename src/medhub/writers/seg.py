@@ -47,6 +47,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from medhub.data.header_view import header_view
 from medhub.data.volume import SourceGrid
 from medhub.errors import MedhubError
+from medhub.files import atomic_output
 from medhub.segdb import Code, SegmentSpec, get_segment
 from medhub.writers.provenance import AlgorithmInfo, device_info
 from medhub.writers.seg_binary import LabelPlanes, encode_binary_seg, label_planes, write_seg_file
@@ -115,11 +116,13 @@ def write_seg(
         )  # fmt: skip
         if body_part_examined:
             dataset.BodyPartExamined = body_part_examined
-        write_seg_file(dataset, pixels, path)
+        with atomic_output(path) as temporary:  # a failure half-way (pixels are packed as written) leaves no file
+            write_seg_file(dataset, pixels, temporary)
         return path
-    _write_labelmap(labels, source, label_values, specs, algorithm, path, where, series_number=series_number,
-                    description=description, content_label=content_label, content_description=content_description,
-                    body_part_examined=body_part_examined)
+    with atomic_output(path) as temporary:
+        _write_labelmap(labels, source, label_values, specs, algorithm, temporary, where,
+                        series_number=series_number, description=description, content_label=content_label,
+                        content_description=content_description, body_part_examined=body_part_examined)
     return path
 
 

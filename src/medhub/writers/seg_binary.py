@@ -684,12 +684,8 @@ def write_seg_file(ds: Dataset, pixels: PackedFrames, path: Path) -> None:
         raise MedhubError(f"SEG {path.name}: an element at or after Pixel Data was set; it cannot be appended")
     charset = ds.get("SpecificCharacterSet")
     ds.set_original_encoding(False, True, convert_encodings(charset) if charset else default_encoding)
-    try:
-        ds.save_as(path, enforce_file_format=True)
-        with open(path, "ab") as file:
-            file.write(b"\xe0\x7f\x10\x00OB\0\0" + struct.pack("<I", pixels.length))
-            for chunk in pixels.chunks():
-                file.write(chunk)
-    except BaseException:
-        path.unlink(missing_ok=True)  # never a half-written SEG
-        raise
+    ds.save_as(path, enforce_file_format=True)  # the caller writes to a temporary (writers.seg: atomic_output)
+    with open(path, "ab") as file:
+        file.write(b"\xe0\x7f\x10\x00OB\0\0" + struct.pack("<I", pixels.length))
+        for chunk in pixels.chunks():
+            file.write(chunk)
