@@ -25,9 +25,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from medhub.errors import MedhubError, did_you_mean
+from medhub.errors import MedhubError
 from medhub.hub.card import ModelCard, WeightsSpec, load_card
-from medhub.hub.listing import Listing, matches_summary
+from medhub.hub.listing import Listing, matches_summary, model_key, model_not_found
 from medhub.hub.runner import Runner
 from medhub.hub.weight_store import WeightState, install_hint, installed_file, installed_file_matches, weight_state
 from medhub.hub.weights import ensure_weights
@@ -232,13 +232,9 @@ def list_entries() -> list[ModelEntry]:
 def get_model(name: str) -> ModelEntry:
     """The model with this id (``ct-body``; the package spelling ``ct_body`` is accepted too)."""
     entries = _all_entries()
-    key = name.strip().lower().replace("_", "-")
+    key = model_key(name)
     if key not in entries:
-        broken = [p for p in _PROBLEMS if key.replace("-", "_") in p or key in p]
-        if broken:
-            raise MedhubError(f"model '{name}' cannot be loaded: {broken[0]}")
-        known = sorted(entries)
-        raise MedhubError(f"unknown model '{name}'; {did_you_mean(key, known)}available: {', '.join(known) or 'none'}")
+        raise model_not_found(name, entries, _PROBLEMS)
     return entries[key]
 
 

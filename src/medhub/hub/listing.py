@@ -59,15 +59,26 @@ class Listing:
 
     def find(self, name: str) -> dict[str, Any]:
         """The entry of a model id (``ct-body``; ``ct_body`` too), or the catalog's one-line error."""
-        key = name.strip().lower().replace("_", "-")
+        key = model_key(name)
         for entry in self.entries:
             if entry["id"] == key:
                 return entry
-        broken = [p for p in self.problems if key.replace("-", "_") in p or key in p]
-        if broken:
-            raise MedhubError(f"model '{name}' cannot be loaded: {broken[0]}")
-        known = sorted(e["id"] for e in self.entries)
-        raise MedhubError(f"unknown model '{name}'; {did_you_mean(key, known)}available: {', '.join(known) or 'none'}")
+        raise model_not_found(name, [e["id"] for e in self.entries], self.problems)
+
+
+def model_key(name: str) -> str:
+    """A model id as typed (``CT_Body``) as the catalog keys it (``ct-body``)."""
+    return name.strip().lower().replace("_", "-")
+
+
+def model_not_found(name: str, known: Iterable[str], problems: Iterable[str]) -> MedhubError:
+    """The one-line error for a model that is not in the catalog: its card is broken, or a name to correct."""
+    key = model_key(name)
+    broken = [p for p in problems if key.replace("-", "_") in p or key in p]
+    if broken:
+        return MedhubError(f"model '{name}' cannot be loaded: {broken[0]}")
+    ids = sorted(known)
+    return MedhubError(f"unknown model '{name}'; {did_you_mean(key, ids)}available: {', '.join(ids) or 'none'}")
 
 
 def cache_file() -> Path:

@@ -46,7 +46,6 @@ def task_payload(pipeline: Pipeline, series: Series) -> dict[str, Any]:
         "key": series.key,
         "findings": list(series.findings),
         "shared_uids": dict(series.shared_uids),
-        "paths": [str(Path(i.path).resolve()) for i in series.instances],
         "instances": [instance_record(i) for i in series.instances],
     }
 
@@ -115,8 +114,8 @@ def process_series_task(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _failed(payload: dict[str, Any], reason: str) -> SeriesEntry:
     return SeriesEntry(key=payload["key"], series_instance_uid="", study_instance_uid="", modality="",
-                       description="", images=len(payload["paths"]), status=Status.FAILED, reason=reason,
-                       input_files=len(payload["paths"]))
+                       description="", images=len(payload["instances"]), status=Status.FAILED,
+                       reason=reason, input_files=len(payload["instances"]))
 
 
 @contextlib.contextmanager
