@@ -106,11 +106,18 @@ class RunnerCache:
             return self._locks.setdefault((model_id, device), threading.RLock())
 
     def get(self, model: ModelEntry, device: str, params: Mapping[str, Any]) -> ModelRunner:
-        """The model's runner, loaded on first use (see :func:`loaded_runner`)."""
+        """The model's runner, loaded on first use (see :func:`loaded_runner`).
+
+        A runner loaded with other parameters is loaded again: ``load`` may choose weights and
+        networks by them (TotalSegmentator's ``fast``, HD-BET's folds), so a server job of one
+        workflow must never predict with the runner another workflow loaded.
+        """
         key = (model.card.id, device)
         with self.lock(*key):
             cached = self._runners.get(key)
-            if cached is not None and cached.isolated != needs_isolation(model.card):  # MEDHUB_ISOLATION changed
+            wanted = {**model.card.parameter_defaults(), **params}
+            if cached is not None and (cached.isolated != needs_isolation(model.card)  # MEDHUB_ISOLATION changed
+                                       or cached.context is None or cached.context.params != wanted):
                 self.forget(*key)
                 cached = None
             if cached is None:
